@@ -1,0 +1,26 @@
+"""torchkeras_io: Keras checkpoints and file formats for PyTorch models."""
+
+__version__ = "0.1.0"
+
+from .errors import (  # noqa: E402
+    CheckpointExistsError,
+    FileFormatError,
+    TorchKerasIOError,
+    TorchKerasIOWarning,
+    UnsupportedLayerError,
+    WeightMismatchError,
+)
+from .weights import LoadReport, Mismatch, load_weights, save_weights  # noqa: E402
+
+__all__ = [
+    "CheckpointExistsError",
+    "FileFormatError",
+    "LoadReport",
+    "Mismatch",
+    "TorchKerasIOError",
+    "TorchKerasIOWarning",
+    "UnsupportedLayerError",
+    "WeightMismatchError",
+    "load_weights",
+    "save_weights",
+]

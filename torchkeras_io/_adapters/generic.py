@@ -1,0 +1,23 @@
+"""Any other module: its own tensors, under their torch names, in registration order.
+
+This keeps every nn.Module round-trippable; the layer has no Keras counterpart, but Keras still
+reads the file (it ignores or positionally loads the group like any other).
+"""
+
+from __future__ import annotations
+
+from .._tensors import Lazy
+from .base import Adapter, KerasLayer, direct_tensors
+
+
+class GenericAdapter(Adapter):
+    family = "generic"
+
+    def match(self, module):
+        return bool(direct_tensors(module))
+
+    def export(self, module, ctx=None):
+        return [KerasLayer("TorchModule", [Lazy.of(name, t) for name, t in direct_tensors(module).items()])]
+
+    def load(self, module, index, weights, extras):
+        return dict(zip(direct_tensors(module), weights))

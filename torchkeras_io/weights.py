@@ -1,0 +1,256 @@
+"""save_weights / load_weights: any nn.Module <-> the Keras legacy-HDF5 weights layout."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from typing import Union
+
+import h5py
+import torch
+from torch import nn
+
+from . import __version__
+from ._adapters import FileInfo
+from ._atomic import atomic_write_path
+from ._h5format import LayerRecord, WeightsReader, write_weights_group
+from ._plan import LayerNames, Slot, plan
+from .errors import TorchKerasIOError, TorchKerasIOWarning, WeightMismatchError
+
+Device = Union[str, torch.device, None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Mismatch:
+    """A layer that was not loaded because the file's weights do not fit it."""
+
+    layer: str
+    weight: str  # the Keras weight name, or "<count>" when the number of weights differs
+    file_shape: tuple
+    module_shape: tuple
+
+    def __str__(self) -> str:
+        if self.weight == "<count>":
+            return f"{self.layer}: file has {self.file_shape[0]} weight(s), module expects {self.module_shape[0]}"
+        return f"{self.layer}/{self.weight}: file {self.file_shape} vs module {self.module_shape}"
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What :func:`load_weights` did, in the spirit of ``nn.Module.load_state_dict``'s result.
+
+    ``loaded``: module layers that received weights. ``missing``: module layers the file does
+    not have (left untouched). ``unexpected``: file layers with weights that were not used.
+    ``mismatched``: weights whose count or shape did not fit (their layers were left untouched).
+    """
+
+    filepath: str
+    loaded: list = dataclasses.field(default_factory=list)
+    missing: list = dataclasses.field(default_factory=list)
+    unexpected: list = dataclasses.field(default_factory=list)
+    mismatched: list = dataclasses.field(default_factory=list)
+
+    @property
+    def all_loaded(self) -> bool:
+        """True when every layer of the module was loaded and nothing in the file was left over."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        head = (
+            f"LoadReport('{self.filepath}'): {len(self.loaded)} loaded, {len(self.missing)} missing, "
+            f"{len(self.unexpected)} unexpected, {len(self.mismatched)} mismatched"
+        )
+        rows = [("layer", "status", "detail")]
+        rows += [(name, "loaded", "") for name in self.loaded]
+        rows += [
+            (
+                m.layer,
+                "mismatched",
+                str(m).split(": ", 1)[-1]
+                if m.weight == "<count>"
+                else f"{m.weight}: file {m.file_shape} vs module {m.module_shape}",
+            )
+            for m in self.mismatched
+        ]
+        rows += [(name, "missing", "not in file; left as it was") for name in self.missing]
+        rows += [(name, "unexpected", "in file; not used") for name in self.unexpected]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = [head] + ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ save
+def save_weights(
+    module: nn.Module,
+    filepath: Union[str, os.PathLike],
+    *,
+    overwrite: bool = True,
+    layer_names: LayerNames = None,
+) -> None:
+    """Save the parameters and buffers of ``module`` as a Keras legacy-HDF5 weights file.
+
+    Each module that owns tensors becomes a Keras layer named by its module path (or by
+    ``layer_names``: a dict ``{module_path: keras_name}`` or a callable). Known module types use
+    Keras's own layouts, so ``keras_model.load_weights(filepath)`` reads the file. The write is
+    atomic; ``overwrite=False`` on an existing path raises ``FileExistsError``.
+    """
+    _check_module(module)
+    slots, top = plan(module, layer_names)
+    records = [
+        LayerRecord(
+            s.name,
+            s.layer.weights,
+            s.layer.extras,
+            {"keras_class": s.layer.class_name, "torch_class": type(s.module).__name__},
+        )
+        for s in slots
+    ]
+    with atomic_write_path(filepath, overwrite=overwrite) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["torchkeras_io_version"] = __version__
+            write_weights_group(f, records, top.layer.weights if top is not None else ())
+
+
+# ------------------------------------------------------------------------------------------ load
+def _check_module(module) -> None:
+    if not isinstance(module, nn.Module):
+        raise TorchKerasIOError(f"expected an nn.Module, got {type(module).__name__}")
+    for name, p in module.named_parameters():
+        if isinstance(p, nn.parameter.UninitializedParameter):
+            raise TorchKerasIOError(f"parameter '{name}' is uninitialized (a Lazy module): run one forward pass first")
+
+
+def _fit(slot: Slot, file_layer, info: FileInfo, reshape: bool):
+    """(canonical weights ready to load, mismatches). Reads no tensor data."""
+    weights, extras = slot.adapter.normalize(
+        slot.module, slot.index, list(file_layer.weights), dict(file_layer.extras), info
+    )
+    spec = slot.layer.weights
+    if len(weights) != len(spec):
+        return None, extras, [Mismatch(slot.name, "<count>", (len(weights),), (len(spec),))]
+    fitted, bad = [], []
+    for have, want in zip(weights, spec):
+        if have.shape == want.shape:
+            fitted.append(have)
+        elif reshape and have.numel() == want.numel():
+            fitted.append(have.map(lambda a, s=want.shape: a.reshape(s), want.shape))
+        else:
+            bad.append(Mismatch(slot.name, want.name, have.shape, want.shape))
+    return (None if bad else fitted), extras, bad
+
+
+def _target(module: nn.Module, name: str) -> torch.Tensor:
+    owner_path, _, attr = name.rpartition(".")
+    owner = module.get_submodule(owner_path) if owner_path else module
+    t = getattr(owner, attr, None)
+    if not isinstance(t, torch.Tensor):  # pragma: no cover - adapters name existing tensors
+        raise TorchKerasIOError(f"module has no tensor '{name}'")
+    return t
+
+
+def load_weights(
+    module: nn.Module,
+    filepath: Union[str, os.PathLike],
+    *,
+    by_name: bool = False,
+    skip_mismatch: bool = False,
+    reshape: bool = False,
+    device: Device = None,
+    layer_names: LayerNames = None,
+) -> LoadReport:
+    """Load a Keras legacy-HDF5 weights file (or a full-model file's weights) into ``module``.
+
+    ``by_name=False`` pairs the module's layers with the file's layers that have weights, in
+    order (Keras's topological loading); ``by_name=True`` pairs them by Keras layer name and
+    leaves the others untouched. A layer whose weight count or shapes differ raises
+    :class:`WeightMismatchError`, or with ``skip_mismatch=True`` is skipped with a warning;
+    ``reshape=True`` reshapes a weight whose element count matches. Every shape is checked before
+    anything is written, so a failed load leaves the module as it was. ``device`` moves the module
+    first; otherwise each tensor lands on the device its parameter lives on.
+    """
+    _check_module(module)
+    if device is not None:
+        module.to(device)
+    slots, top = plan(module, layer_names)
+    filepath = os.fspath(filepath)
+    with WeightsReader(filepath) as reader:
+        info = FileInfo(filepath, reader.keras_version, reader.backend)
+        report = LoadReport(filepath)
+        file_layers = {name: reader.layer(name) for name in reader.layer_names}
+        pairs = _pair(slots, file_layers, by_name, report, filepath)
+        file_top = reader.top_level()
+        if top is not None and file_top is not None and file_top.weights:
+            pairs.append((top, file_top))
+        elif top is not None:
+            report.missing.append(top.name)
+        elif file_top is not None and file_top.weights:
+            if not by_name:
+                raise WeightMismatchError(
+                    f"the file has {len(file_top.weights)} top-level model weight(s) and the module has none",
+                    filepath=filepath,
+                    layer="top_level_model_weights",
+                )
+            report.unexpected.append("top_level_model_weights")
+
+        assignments = []
+        for slot, file_layer in pairs:
+            fitted, extras, bad = _fit(slot, file_layer, info, reshape)
+            if bad:
+                if not skip_mismatch:
+                    m = bad[0]
+                    raise WeightMismatchError(
+                        f"{m} (file layer '{file_layer.name}', module '{slot.label}'). Pass skip_mismatch=True to "
+                        "skip such layers"
+                        + ("" if m.weight == "<count>" else ", or reshape=True if only the shape differs"),
+                        filepath=filepath,
+                        layer=slot.name,
+                        weight=None if m.weight == "<count>" else m.weight,
+                    )
+                warnings.warn(
+                    f"{filepath}: skipping layer '{slot.name}': " + "; ".join(map(str, bad)),
+                    TorchKerasIOWarning,
+                    stacklevel=2,
+                )
+                report.mismatched.extend(bad)
+                continue
+            for name, lazy in slot.adapter.load(slot.module, slot.index, fitted, extras).items():
+                target = _target(slot.module, name)
+                if tuple(target.shape) != lazy.shape:
+                    raise WeightMismatchError(
+                        f"converted shape {lazy.shape} does not fit torch tensor '{name}' {tuple(target.shape)}",
+                        filepath=filepath,
+                        layer=slot.name,
+                    )
+                assignments.append((target, lazy))
+            report.loaded.append(slot.name)
+
+        with torch.no_grad():
+            for target, lazy in assignments:
+                target.copy_(lazy.read())
+    return report
+
+
+def _pair(slots, file_layers: dict, by_name: bool, report: LoadReport, filepath: str):
+    weighted = [layer for layer in file_layers.values() if layer.weights]
+    if by_name:
+        used = set()
+        pairs = []
+        for slot in slots:
+            layer = file_layers.get(slot.name)
+            if layer is None or not layer.weights:
+                report.missing.append(slot.name)
+            else:
+                pairs.append((slot, layer))
+                used.add(slot.name)
+        report.unexpected.extend(layer.name for layer in weighted if layer.name not in used)
+        return pairs
+    if len(weighted) != len(slots):
+        raise WeightMismatchError(
+            f"layer count mismatch: the module has {len(slots)} layers with weights "
+            f"({', '.join(s.name for s in slots[:8])}{', …' if len(slots) > 8 else ''}), the file has "
+            f"{len(weighted)} ({', '.join(x.name for x in weighted[:8])}{', …' if len(weighted) > 8 else ''}). "
+            "Use by_name=True to load matching layers only",
+            filepath=filepath,
+        )
+    return list(zip(slots, weighted))
