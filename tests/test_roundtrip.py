@@ -156,9 +156,14 @@ def test_layer_names_mapping_and_callable(tmp_path):
     tkio.save_weights(src, path, layer_names={"0": "dense_1", "1": ["lstm_1", "lstm_2"]})
     with h5py.File(path, "r") as f:
         assert [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]] == [
-            "dense_1", "lstm_1", "lstm_2"]
+            "dense_1",
+            "lstm_1",
+            "lstm_2",
+        ]
     dst = nn.Sequential(nn.Linear(2, 3), nn.LSTM(3, 4, num_layers=2))
-    report = tkio.load_weights(dst, path, by_name=True, layer_names=lambda p: {"0": "dense_1", "1": ["lstm_1", "lstm_2"]}[p])
+    report = tkio.load_weights(
+        dst, path, by_name=True, layer_names=lambda p: {"0": "dense_1", "1": ["lstm_1", "lstm_2"]}[p]
+    )
     assert report.loaded == ["dense_1", "lstm_1", "lstm_2"]
     _assert_bit_exact(src, dst)
 
@@ -177,3 +182,34 @@ def test_layer_names_errors(tmp_path):
 def test_uninitialized_lazy_module_is_refused(tmp_path):
     with pytest.raises(tkio.TorchKerasIOError, match="uninitialized"):
         tkio.save_weights(nn.LazyLinear(3), tmp_path / "w.h5")
+
+
+def test_container_mapped_as_nested_keras_model(tmp_path):
+    """A container given a Keras name is one layer: sub-layers' trainable weights, then the rest."""
+
+    def make():
+        return nn.Sequential(nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3), nn.Linear(3, 2)), nn.Linear(2, 1))
+
+    src = make()
+    _randomize(src)
+    path = tmp_path / "w.h5"
+    tkio.save_weights(src, path, layer_names={"0": "encoder", "1": "head"})
+    with h5py.File(path, "r") as f:
+        assert [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]] == ["encoder", "head"]
+        names = [n.decode() if isinstance(n, bytes) else n for n in f["encoder"].attrs["weight_names"]]
+    assert names == [
+        "encoder/0/kernel:0",
+        "encoder/0/bias:0",
+        "encoder/1/gamma:0",
+        "encoder/1/beta:0",
+        "encoder/2/kernel:0",
+        "encoder/2/bias:0",
+        "encoder/1/moving_mean:0",
+        "encoder/1/moving_variance:0",
+    ]
+    dst = make()
+    report = tkio.load_weights(dst, path, by_name=True, layer_names={"0": "encoder", "1": "head"})
+    assert report.loaded == ["encoder", "head"]
+    _assert_bit_exact(src, dst)
+    with pytest.raises(tkio.TorchKerasIOError, match="inside"):
+        tkio.save_weights(src, path, layer_names={"0": "encoder", "0.0": "x"})

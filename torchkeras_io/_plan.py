@@ -15,6 +15,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 from torch import nn
 
 from ._adapters import ADAPTERS, GENERIC, Adapter, KerasLayer, direct_tensors
+from ._adapters.nested import NestedAdapter
 from .errors import TorchKerasIOError
 
 LayerNames = Union[Mapping[str, Union[str, Sequence[str]]], Callable[[str], Union[str, Sequence[str], None]], None]
@@ -41,8 +42,11 @@ def snake_case(name: str) -> str:
     return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", s).lower()
 
 
-def layer_modules(root: nn.Module):
-    """(path, module, adapter) for every layer module, in registration (pre-)order."""
+def layer_modules(root: nn.Module, nested: frozenset = frozenset(), ctx: Optional[dict] = None):
+    """(path, module, adapter) for every layer module, in registration (pre-)order.
+
+    Containers whose path is in ``nested`` are one layer each: a nested Keras model.
+    """
     seen = set()
     out = []
 
@@ -50,6 +54,15 @@ def layer_modules(root: nn.Module):
         if id(module) in seen:
             return  # a module registered twice is one layer, as in Keras
         seen.add(id(module))
+        if path in nested:
+            prefix = f"{path}." if path else ""
+            parts = [
+                (rel, m, a, k, layer)
+                for rel, m, a in layer_modules(module)
+                for k, layer in enumerate(a.export(m, (ctx or {}).get(prefix + rel)))
+            ]
+            out.append((path, module, NestedAdapter(parts)))
+            return
         adapter = next((a for a in ADAPTERS if a.match(module)), None)
         if adapter is None and direct_tensors(module):
             adapter = GENERIC
@@ -76,14 +89,20 @@ def plan(root: nn.Module, layer_names: LayerNames = None, ctx: Optional[dict] = 
     """The layers of ``root`` as (slots, top-level slot or None)."""
     if layer_names is not None and not callable(layer_names) and not isinstance(layer_names, Mapping):
         raise TorchKerasIOError("layer_names must be a dict {module_path: keras_name} or a callable")
-    modules = layer_modules(root)
+    nested = frozenset()
     if isinstance(layer_names, Mapping):
-        known = {p for p, _, _ in modules}
-        unknown = sorted(set(layer_names) - known)
+        known = {p for p, _, _ in layer_modules(root)}
+        containers = {p for p, m in root.named_modules() if p not in known and layer_modules(m)}
+        unknown = sorted(set(layer_names) - known - containers)
         if unknown:
             raise TorchKerasIOError(
                 f"layer_names names modules that are not layers: {unknown}; layers are {sorted(known)[:20]}"
             )
+        nested = frozenset(set(layer_names) & containers)
+        inner = [p for p in layer_names if any(p != c and (c == "" or p.startswith(f"{c}.")) for c in nested)]
+        if inner:
+            raise TorchKerasIOError(f"layer_names maps {inner} inside a module mapped as a whole (nested model)")
+    modules = layer_modules(root, nested, ctx)
     slots, top, used = [], None, {}
     for path, module, adapter in modules:
         given = layer_names(path) if callable(layer_names) else (layer_names or {}).get(path)

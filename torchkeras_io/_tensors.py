@@ -63,6 +63,9 @@ class Lazy:
             shape = fn(torch.empty(self.shape, device="meta")).shape
         return Lazy(self.name, shape, self.dtype, lambda: fn(self.read()))
 
+    def renamed(self, name: str) -> Lazy:
+        return Lazy(name, self.shape, self.dtype, self._read)
+
     def numel(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 

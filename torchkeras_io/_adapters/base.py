@@ -18,6 +18,9 @@ class KerasLayer:
     class_name: str
     weights: list  # of Lazy named relative to the layer ("kernel", "lstm_cell/kernel")
     extras: list = dataclasses.field(default_factory=list)  # of Lazy named by torch attribute
+    #: names of weights Keras keeps as non-trainable (listed after the trainable ones when the
+    #: layer sits inside a nested Keras model)
+    non_trainable: tuple = ()
 
 
 @dataclasses.dataclass

@@ -17,7 +17,9 @@ class GenericAdapter(Adapter):
         return bool(direct_tensors(module))
 
     def export(self, module, ctx=None):
-        return [KerasLayer("TorchModule", [Lazy.of(name, t) for name, t in direct_tensors(module).items()])]
+        tensors = direct_tensors(module)
+        buffers = tuple(name for name in tensors if name not in module._parameters)
+        return [KerasLayer("TorchModule", [Lazy.of(name, t) for name, t in tensors.items()], non_trainable=buffers)]
 
     def load(self, module, index, weights, extras):
         return dict(zip(direct_tensors(module), weights))

@@ -34,7 +34,7 @@ class BatchNormAdapter(Adapter):
         extras = []
         if module.num_batches_tracked is not None:
             extras.append(lazy_param(module, "num_batches_tracked", "num_batches_tracked"))
-        return [KerasLayer("BatchNormalization", weights, extras)]
+        return [KerasLayer("BatchNormalization", weights, extras, ("moving_mean", "moving_variance"))]
 
     def load(self, module, index, weights, extras):
         names = (["weight", "bias"] if module.weight is not None else []) + ["running_mean", "running_var"]
