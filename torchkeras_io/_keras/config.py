@@ -142,7 +142,9 @@ def _keras1_layer(class_name: str, cfg: dict) -> tuple[str, dict]:
             out["normalize"] = mode == "cos"
     if "input_dim" in cfg and "batch_input_shape" not in cfg and class_name not in ("Embedding",):
         length = cfg.get("input_length")
-        out["batch_input_shape"] = [None, length, cfg["input_dim"]] if "input_length" in cfg else [None, cfg["input_dim"]]
+        out["batch_input_shape"] = (
+            [None, length, cfg["input_dim"]] if "input_length" in cfg else [None, cfg["input_dim"]]
+        )
     for k in ("input_dim", "input_length", "input_dtype", "consume_less") if cls != "Embedding" else ("input_dtype",):
         out.pop(k, None)
     return cls, out
