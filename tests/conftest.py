@@ -1,0 +1,25 @@
+"""Shared test helpers. Append only; keep it small."""
+
+import os
+
+# Keras 3 reads its backend once, at first import: it must be torch before anything imports keras.
+os.environ["KERAS_BACKEND"] = "torch"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+
+def _np(x):
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def assert_close_rel(actual, expected, rtol):
+    """max|actual - expected| <= rtol * max|expected| (numpy arrays or torch tensors)."""
+    a, e = _np(actual), _np(expected)
+    assert a.shape == e.shape, f"shape {a.shape} != expected {e.shape}"
+    scale = float(np.max(np.abs(e))) if e.size else 0.0
+    err = float(np.max(np.abs(a - e))) if e.size else 0.0
+    assert scale > 0, "reference output is all zeros: the comparison would prove nothing"
+    assert err <= rtol * scale, f"max|a-b| = {err:.3g} > {rtol:g} * max|ref| ({scale:.3g}); rel {err / scale:.3g}"
