@@ -10,17 +10,22 @@ from .errors import (  # noqa: E402
     UnsupportedLayerError,
     WeightMismatchError,
 )
+from .models import Model, load_model, model_from_json, model_from_yaml  # noqa: E402
 from .weights import LoadReport, Mismatch, load_weights, save_weights  # noqa: E402
 
 __all__ = [
     "CheckpointExistsError",
     "FileFormatError",
     "LoadReport",
+    "Model",
     "Mismatch",
     "TorchKerasIOError",
     "TorchKerasIOWarning",
     "UnsupportedLayerError",
     "WeightMismatchError",
+    "load_model",
     "load_weights",
+    "model_from_json",
+    "model_from_yaml",
     "save_weights",
 ]

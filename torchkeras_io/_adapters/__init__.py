@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from . import core, merge, pooling, reshaping  # noqa: F401  (register their config builders)
 from .activation import PReLUAdapter
 from .attention import MultiheadAttentionAdapter
 from .base import Adapter, FileInfo, KerasLayer, direct_tensors

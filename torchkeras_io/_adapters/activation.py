@@ -7,9 +7,12 @@ channels-last shape Keras builds, e.g. ``(1, 1, C)`` for images.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
+from ..modules import HardSigmoidTF, KerasReLU, ThresholdedReLU
 from .base import Adapter, KerasLayer, lazy_param, owns_exactly
+from .registry import Built, builds, unsupported
 
 
 class PReLUAdapter(Adapter):
@@ -34,3 +37,126 @@ class PReLUAdapter(Adapter):
 
     def load(self, module, index, weights, extras):
         return {"weight": weights[0].map(lambda a: a.reshape(module.weight.shape))}
+
+
+# ------------------------------------------------------------------------------- config -> torch
+class _Exp(nn.Module):
+    def forward(self, x):
+        return torch.exp(x)
+
+
+def activation_module(spec, generation: int) -> tuple:
+    """(module, layout) for a Keras activation given by name (or serialized function)."""
+    name = spec
+    if isinstance(spec, dict):  # Keras 3 may serialize a function as {"class_name": "function", "config": "relu"}
+        name = spec.get("config") if isinstance(spec.get("config"), str) else spec.get("class_name")
+    if name is None:
+        name = "linear"
+    if not isinstance(name, str):
+        raise ValueError(f"unreadable activation {spec!r}")
+    name = name.rsplit(">", 1)[-1].rsplit(".", 1)[-1]
+    if name in ("softmax", "log_softmax"):
+        return (nn.Softmax(dim=-1) if name == "softmax" else nn.LogSoftmax(dim=-1)), "cl"
+    if name == "hard_sigmoid":
+        return (HardSigmoidTF() if generation <= 2 else nn.Hardsigmoid()), "any"
+    table = {
+        "linear": nn.Identity, "relu": nn.ReLU, "relu6": nn.ReLU6, "elu": nn.ELU, "selu": nn.SELU,
+        "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "softplus": nn.Softplus, "softsign": nn.Softsign,
+        "swish": nn.SiLU, "silu": nn.SiLU, "gelu": nn.GELU, "mish": nn.Mish, "exponential": _Exp,
+        "hard_silu": nn.Hardswish, "hard_swish": nn.Hardswish,
+        "leaky_relu": lambda: nn.LeakyReLU(0.2), "tanh_shrink": nn.Tanhshrink, "celu": nn.CELU,
+        "log_sigmoid": nn.LogSigmoid,
+    }  # fmt: skip
+    if name not in table:
+        raise ValueError(f"unknown activation '{name}'")
+    return table[name](), "any"
+
+
+def with_activation(module: nn.Module, layer_cfg: dict, ctx, layout: str) -> Built:
+    """The layer module followed by its ``activation`` (weights stay at path "0" or "")."""
+    act, act_layout = activation_module(layer_cfg.get("activation", "linear"), ctx.generation)
+    if isinstance(act, nn.Identity):
+        return Built(module, layout, "")
+    if act_layout == "cl" and layout == "cf":
+        act = _ChannelsFirstSoftmax(act)
+    return Built(nn.Sequential(module, act), layout, "0")
+
+
+class _ChannelsFirstSoftmax(nn.Module):
+    """Keras softmax over its last axis, applied to a channels-first tensor."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x.movedim(1, -1)).movedim(-1, 1) if x.dim() >= 3 else self.fn(x)
+
+
+@builds("Activation")
+def _activation(layer, in_shapes, ctx):
+    module, layout = activation_module(layer.config.get("activation"), ctx.generation)
+    return Built(module, layout)
+
+
+@builds("ReLU")
+def _relu(layer, in_shapes, ctx):
+    c = layer.config
+    slope = c.get("negative_slope", c.get("alpha", 0.0)) or 0.0
+    max_value, threshold = c.get("max_value"), c.get("threshold", 0.0) or 0.0
+    if not slope and not threshold and max_value is None:
+        return Built(nn.ReLU(), "any")
+    if not slope and not threshold and max_value == 6:
+        return Built(nn.ReLU6(), "any")
+    return Built(KerasReLU(max_value, slope, threshold), "any")
+
+
+@builds("LeakyReLU")
+def _leaky(layer, in_shapes, ctx):
+    c = layer.config
+    return Built(nn.LeakyReLU(float(c.get("negative_slope", c.get("alpha", 0.3)))), "any")
+
+
+@builds("ELU")
+def _elu(layer, in_shapes, ctx):
+    return Built(nn.ELU(float(layer.config.get("alpha", 1.0))), "any")
+
+
+@builds("ThresholdedReLU")
+def _thresholded(layer, in_shapes, ctx):
+    return Built(ThresholdedReLU(float(layer.config.get("theta", 1.0))), "any")
+
+
+@builds("Softmax")
+def _softmax(layer, in_shapes, ctx):
+    axis = layer.config.get("axis", -1)
+    if isinstance(axis, list):
+        if len(axis) != 1:
+            raise unsupported(layer, "softmax over several axes")
+        axis = axis[0]
+    return Built(nn.Softmax(dim=int(axis)), "cl")
+
+
+class KerasPReLU(nn.Module):
+    """Keras PReLU with one slope per element of its ``alpha`` shape (when torch's per-channel slope can't say it)."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(tuple(shape)))
+
+    def forward(self, x):
+        return torch.relu(x) - self.alpha * torch.relu(-x)
+
+
+@builds("PReLU")
+def _prelu(layer, in_shapes, ctx):
+    shape = in_shapes[0][1:]
+    if any(s is None for s in shape):
+        raise unsupported(layer, f"needs a fully known input shape, got {in_shapes[0]}")
+    shared = layer.config.get("shared_axes") or []
+    shared = [int(a) for a in (shared if isinstance(shared, list) else [shared])]
+    alpha = [1 if (i + 1) in shared else s for i, s in enumerate(shape)]
+    if all(a == 1 for a in alpha[:-1]):
+        n = alpha[-1]
+        return Built(nn.PReLU(n, init=0.0), "cf" if len(shape) >= 2 and n > 1 else "cl", "")
+    return Built(KerasPReLU(alpha), "cl", "")

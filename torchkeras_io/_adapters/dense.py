@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from .activation import with_activation
 from .base import Adapter, KerasLayer, lazy_param, owns_exactly
+from .registry import builds, unsupported
 
 
 class DenseAdapter(Adapter):
@@ -24,3 +26,13 @@ class DenseAdapter(Adapter):
         if module.bias is not None:
             out["bias"] = weights[1]
         return out
+
+
+@builds("Dense")
+def _dense(layer, in_shapes, ctx):
+    c = layer.config
+    fan_in = in_shapes[0][-1]
+    if fan_in is None:
+        raise unsupported(layer, f"input's last axis is unknown: {in_shapes[0]}")
+    linear = nn.Linear(int(fan_in), int(c["units"]), bias=bool(c.get("use_bias", True)))
+    return with_activation(linear, c, ctx, "cl")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..modules import Embedding
 from .base import Adapter, KerasLayer, lazy_param, owns_exactly
+from .registry import Built, builds
 
 
 class EmbeddingAdapter(Adapter):
@@ -18,3 +20,9 @@ class EmbeddingAdapter(Adapter):
 
     def load(self, module, index, weights, extras):
         return {"weight": weights[0]}
+
+
+@builds("Embedding")
+def _embedding(layer, in_shapes, ctx):
+    c = layer.config
+    return Built(Embedding(int(c["input_dim"]), int(c["output_dim"])), "cl", "")

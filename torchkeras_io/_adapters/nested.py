@@ -27,8 +27,12 @@ class NestedAdapter(Adapter):
         trainable, frozen = [], []
         for part in self.parts:
             layer = part[4]
+            params = list(part[1].parameters())
+            # a frozen layer (Keras trainable=False, torch requires_grad=False) lists all its weights
+            # with the non-trainable ones, in its own order
+            all_frozen = bool(params) and not any(p.requires_grad for p in params)
             for i, w in enumerate(layer.weights):
-                (frozen if w.name in layer.non_trainable else trainable).append((part, i))
+                (frozen if all_frozen or w.name in layer.non_trainable else trainable).append((part, i))
         return trainable + frozen
 
     def export(self, module, ctx=None):

@@ -327,7 +327,8 @@ def _layer(entry: dict, generation: int, depth: int) -> LayerDef:
         sub = _model({"class_name": "Sequential" if class_name == "Sequential" else "Functional", "config": cfg},
                      generation, depth + 1)  # fmt: skip
         name = entry.get("name") or (cfg.get("name") if isinstance(cfg, dict) else None) or sub.name
-        return LayerDef(sub.kind, name, {"name": name}, [], sub)
+        trainable = cfg.get("trainable", True) if isinstance(cfg, dict) else True
+        return LayerDef(sub.kind, name, {"name": name, "trainable": trainable}, [], sub)
     if not isinstance(cfg, dict):
         raise _fail(f"layer '{class_name}' has a list config")
     class_name, cfg = _layer_config(class_name, cfg, generation, depth)

@@ -1,0 +1,69 @@
+"""Keras layer class -> builder of the equivalent torch module (the config direction).
+
+Builders live in the family modules beside the weight adapters and register here by class
+name. A builder gets the layer's normalised config and its input shapes (Keras layout, batch
+axis first, ``None`` where unknown) and returns a :class:`Built`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+from torch import nn
+
+from ..errors import UnsupportedLayerError
+
+
+@dataclasses.dataclass
+class Built:
+    """A torch module standing for one Keras layer.
+
+    ``layout``: what the module's forward expects: ``"cl"`` the Keras layout itself, ``"cf"``
+    channels-first (the Keras last axis moved to position 1, as torch convolutions want), or
+    ``"any"`` (element-wise: the layout it gets is the layout it returns).
+    ``weights``: the path, relative to ``module``, of the submodule holding the Keras layer's
+    weights ("" for the module itself, None for a layer without weights).
+    ``out_layout``: the layout of the outputs when it differs from the input's.
+    """
+
+    module: nn.Module
+    layout: str = "cl"
+    weights: Optional[str] = None
+    out_layout: Optional[str] = None
+
+
+@dataclasses.dataclass
+class BuildContext:
+    generation: int  # 1, 2 or 3: the Keras generation whose semantics the config follows
+    custom_objects: dict
+    safe_mode: bool
+    filepath: Optional[str] = None
+
+
+Builder = Callable[[Any, list, BuildContext], Built]
+BUILDERS: dict = {}
+
+
+def builds(*class_names: str):
+    """Register a builder for these Keras class names."""
+
+    def deco(fn: Builder) -> Builder:
+        for name in class_names:
+            BUILDERS[name] = fn
+        return fn
+
+    return deco
+
+
+def unsupported(layer, why: str) -> UnsupportedLayerError:
+    return UnsupportedLayerError(f"{layer.class_name} '{layer.name}': {why}", layer=layer.name)
+
+
+def cfg_int_tuple(value, rank: int) -> tuple:
+    """Keras accepts an int or a list for kernel_size, strides, …"""
+    if isinstance(value, (list, tuple)):
+        if len(value) != rank:
+            raise ValueError(f"expected {rank} values, got {value!r}")
+        return tuple(int(v) for v in value)
+    return (int(value),) * rank
