@@ -26,10 +26,36 @@ _RAW_VIEW.pop(None, None)
 _TORCH_BY_NAME = {str(dt).removeprefix("torch."): dt for dt in _RAW_VIEW}
 
 
-class Lazy:
-    """A tensor that is only computed when :meth:`read` is called."""
+class Strided:
+    """A strided view of a root: the value is ``as_strided(root, shape, stride, offset)``.
 
-    __slots__ = ("name", "shape", "dtype", "_read")
+    ``root`` is a torch tensor (strides and offset count elements from its first element) or a
+    row source (contiguous row-major data, e.g. a dataset) with ``shape``, ``dtype`` and
+    ``read_rows(start, stop, out)``.
+    """
+
+    __slots__ = ("root", "shape", "stride", "offset")
+
+    def __init__(self, root, shape: tuple, stride: tuple, offset: int) -> None:
+        self.root = root
+        self.shape = shape
+        self.stride = stride
+        self.offset = offset
+
+
+_UNSET = object()
+
+
+class Lazy:
+    """A tensor that is only computed when :meth:`read` is called.
+
+    A lazy tensor that is a plain tensor, a row source, or a chain of view transforms (``t``,
+    ``permute``, ``reshape`` of contiguous data, …) of one also knows its value as a
+    :class:`Strided` view of that root, so :func:`row_blocks` and :meth:`read_into` can move the
+    data in cache-sized blocks instead of materialising transposed copies.
+    """
+
+    __slots__ = ("name", "shape", "dtype", "_read", "_origin", "_strided")
 
     def __init__(
         self,
@@ -37,19 +63,23 @@ class Lazy:
         shape: Sequence[int],
         dtype: torch.dtype,
         read: Callable[[], torch.Tensor],
+        *,
+        root=None,
     ) -> None:
         self.name = name
         self.shape = tuple(int(s) for s in shape)
         self.dtype = dtype
         self._read = read
+        self._origin = None if root is None else ("root", root)
+        self._strided = _UNSET
 
     @classmethod
     def of(cls, name: str, tensor: torch.Tensor, fn: Optional[Callable] = None, shape=None) -> Lazy:
         """Wrap an existing tensor, optionally with a layout transform applied on read."""
+        base = cls(name, tensor.shape, tensor.dtype, lambda: tensor.detach(), root=tensor)
         if fn is None:
-            return cls(name, tensor.shape, tensor.dtype, lambda: tensor.detach())
-        out_shape = shape if shape is not None else fn(torch.empty(tensor.shape, device="meta")).shape
-        return cls(name, out_shape, tensor.dtype, lambda: fn(tensor.detach()))
+            return base
+        return base._mapped(name, lambda: fn(tensor.detach()), fn, shape)
 
     def read(self) -> torch.Tensor:
         out = self._read()
@@ -59,18 +89,317 @@ class Lazy:
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor], shape: Optional[Sequence[int]] = None) -> Lazy:
         """A new lazy tensor: ``fn`` applied to this one's value."""
+        return self._mapped(self.name, lambda: fn(self.read()), fn, shape)
+
+    def _mapped(self, name: str, read: Callable, fn: Callable, shape) -> Lazy:
+        strided = _UNSET
         if shape is None:
-            shape = fn(torch.empty(self.shape, device="meta")).shape
-        return Lazy(self.name, shape, self.dtype, lambda: fn(self.read()))
+            # the shape needs a probe anyway: probe the strided view, which also tells whether
+            # ``fn`` is a pure view and where it points
+            parent = self.strided()
+            if parent is not None:
+                strided = _probe(parent, self.dtype, fn)
+            if strided is not None and strided is not _UNSET:
+                shape = strided.shape
+            else:
+                shape = fn(torch.empty(self.shape, device="meta")).shape
+        out = Lazy(name, shape, self.dtype, read)
+        out._origin = ("map", self, fn)
+        if strided is not _UNSET and (strided is None or strided.shape == out.shape):
+            out._strided = strided
+        return out
 
     def renamed(self, name: str) -> Lazy:
-        return Lazy(name, self.shape, self.dtype, self._read)
+        out = Lazy(name, self.shape, self.dtype, self._read)
+        out._origin, out._strided = self._origin, self._strided
+        return out
+
+    def strided(self) -> Optional[Strided]:
+        """This value as a strided view of its root, or None when it is computed otherwise."""
+        if self._strided is _UNSET:
+            self._strided = self._resolve()
+        return self._strided
+
+    def _resolve(self) -> Optional[Strided]:
+        origin = self._origin
+        if origin is None:
+            return None
+        if origin[0] == "root":
+            root = origin[1]
+            if isinstance(root, torch.Tensor):
+                if root.layout != torch.strided or root.is_conj() or root.is_neg() or root.is_quantized:
+                    return None
+                return Strided(root, tuple(root.shape), tuple(root.stride()), 0)
+            return Strided(root, self.shape, _contiguous_strides(self.shape), 0)
+        _, parent_lazy, fn = origin
+        parent = parent_lazy.strided()
+        if parent is None:
+            return None
+        out = _probe(parent, parent_lazy.dtype, fn)
+        return out if out is not None and out.shape == self.shape else None
+
+    def read_into(self, target: torch.Tensor) -> None:
+        """``target.copy_(self.read())``, reading a row source block by block straight into
+        ``target`` (no full-size temporary, transposes done per block) when it can."""
+        view = self.strided() if target.device.type == "cpu" else None
+        root = view.root if view is not None else None
+        if (
+            root is None
+            or isinstance(root, torch.Tensor)
+            or self.dtype not in _BLOCK_DTYPES
+            or target.layout != torch.strided
+            or tuple(target.shape) != self.shape
+        ):
+            target.copy_(self.read())
+            return
+        dst = _in_root_order(target, view, tuple(root.shape))
+        if dst is None:
+            target.copy_(self.read())
+            return
+        _load_rows(root, dst, self.dtype)
 
     def numel(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
     def __repr__(self) -> str:
         return f"Lazy({self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+# --------------------------------------------------------------------------- block data movement
+#: dtypes that numpy and HDF5 take as they are (others go through to_numpy/from_numpy whole)
+_BLOCK_DTYPES = frozenset(
+    {torch.float16, torch.float32, torch.float64, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8}
+)
+#: bytes per block when data moves in row blocks (a few MB: cache-friendly, and the most memory
+#: a save or load holds beyond the model itself, per buffer)
+BLOCK_BYTES = 4 << 20
+# torch transposes 2-D blocks with a dedicated kernel only from this many elements on
+_MIN_TRANSPOSE = 60 * 60
+
+
+def _contiguous_strides(shape: Sequence[int]) -> tuple:
+    strides, acc = [], 1
+    for s in reversed(shape):
+        strides.append(acc)
+        acc *= max(int(s), 1)
+    return tuple(reversed(strides))
+
+
+def _probe(parent: Strided, dtype: torch.dtype, fn: Callable) -> Optional[Strided]:
+    """Run ``fn`` on a meta stand-in of ``parent``: the result as a view of the root, or None
+    when ``fn`` computes anything (a copy, arithmetic, a dtype change)."""
+    span = 1
+    for size, stride in zip(parent.shape, parent.stride):
+        if size == 0:
+            return None
+        span += (size - 1) * abs(stride)
+    if any(s < 0 for s in parent.stride):
+        return None
+    try:
+        base = torch.empty(parent.offset + span, dtype=dtype, device="meta")
+        x = base.as_strided(parent.shape, parent.stride, parent.offset)
+        out = fn(x)
+    except Exception:  # noqa: BLE001 - any failure only means "no fast path"
+        return None
+    if not isinstance(out, torch.Tensor) or out.device.type != "meta" or out.dtype != dtype:
+        return None
+    if out is not x and out._base is not base:
+        return None
+    return Strided(parent.root, tuple(out.shape), tuple(out.stride()), int(out.storage_offset()))
+
+
+def _strided_tensor(view: Strided) -> torch.Tensor:
+    root = view.root
+    return torch.as_strided(root.detach(), view.shape, view.stride, root.storage_offset() + view.offset)
+
+
+def _joint_2d(shape, a_strides, b_strides):
+    """Merge the dims of a same-shape copy that are contiguous in both tensors; size-1 dims go."""
+    dims = [(n, a, b) for n, a, b in zip(shape, a_strides, b_strides) if n != 1]
+    out = []
+    for n, a, b in dims:
+        if out and out[-1][1] == a * n and out[-1][2] == b * n:
+            m, _, _ = out[-1]
+            out[-1] = (m * n, a, b)
+        else:
+            out.append((n, a, b))
+    return out
+
+
+def _copy(dst: torch.Tensor, src: torch.Tensor, scratch: Optional[dict] = None) -> None:
+    """``dst.copy_(src)``; a transposing copy between a contiguous block and a transposed view
+    runs as torch's blocked 2-D transpose kernel (plus a row copy when the view is a slice)."""
+    if dst.dtype == src.dtype and dst.numel() >= _MIN_TRANSPOSE:
+        dims = _joint_2d(dst.shape, dst.stride(), src.stride())
+        if len(dims) == 2:
+            (r, d0, s0), (c, d1, s1) = dims
+            if (d0, d1) == (c, 1) and s0 == 1 and s1 >= r:  # contiguous <- transposed
+                d2 = dst.as_strided((r, c), (c, 1))
+                s2 = src.as_strided((r, c), (1, s1))
+                if s1 == r:
+                    d2.copy_(s2)
+                else:  # rows of the transposed source first, then the transpose kernel
+                    tmp = _scratch(scratch, (c, r), dst.dtype)
+                    tmp.copy_(s2.t())
+                    d2.copy_(tmp.t())
+                return
+            if (s0, s1) == (c, 1) and d0 == 1 and d1 >= r:  # transposed <- contiguous
+                d2 = dst.as_strided((c, r), (d1, 1))
+                s2 = src.as_strided((c, r), (1, c))
+                if d1 == r:
+                    d2.copy_(s2)
+                else:
+                    tmp = _scratch(scratch, (c, r), dst.dtype)
+                    tmp.copy_(s2)
+                    d2.copy_(tmp)
+                return
+    dst.copy_(src)
+
+
+def _scratch(cache: Optional[dict], shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    n = int(np.prod(shape))
+    if cache is None:
+        return torch.empty(shape, dtype=dtype)
+    buf = cache.get(dtype)
+    if buf is None or buf.numel() < n:
+        buf = cache[dtype] = torch.empty(n, dtype=dtype)
+    return buf[:n].view(shape)
+
+
+def _block_rows(shape: tuple, itemsize: int, max_bytes: int) -> int:
+    row = int(np.prod(shape[1:], dtype=np.int64)) * itemsize
+    return max(1, max_bytes // max(row, 1))
+
+
+def row_blocks(lazy: Lazy, max_bytes: int = BLOCK_BYTES):
+    """The value of ``lazy`` as ``(first row, contiguous CPU tensor)`` blocks along dim 0, in order.
+
+    A value that is a strided view of a CPU tensor never exists as a whole: each block is
+    copied (transposed) from the tensor while the caller consumes the previous one. Any other
+    value is one block, ``lazy.read()``. A yielded block is only valid until the next one.
+    """
+    view = lazy.strided()
+    if (
+        view is None
+        or not isinstance(view.root, torch.Tensor)
+        or view.root.device.type != "cpu"
+        or lazy.dtype not in _BLOCK_DTYPES
+        or view.root.dtype != lazy.dtype
+    ):
+        yield 0, lazy.read()
+        return
+    value = _strided_tensor(view)
+    if value.dim() == 0 or value.is_contiguous():
+        yield 0, value
+        return
+    rows = value.shape[0]
+    step = _block_rows(value.shape, value.element_size(), max_bytes)
+    if step >= rows:
+        yield 0, value.contiguous()
+        return
+    yield from _prefetched(_copied_rows(value, step))
+
+
+def _copied_rows(value: torch.Tensor, step: int):
+    rows = value.shape[0]
+    bufs = [torch.empty((min(step, rows),) + tuple(value.shape[1:]), dtype=value.dtype) for _ in range(2)]
+    scratch: dict = {}
+    for k, start in enumerate(range(0, rows, step)):
+        stop = min(rows, start + step)
+        buf = bufs[k % 2][: stop - start]
+        _copy(buf, value[start:stop], scratch)
+        yield start, buf
+
+
+_END = object()
+
+
+def _prefetched(blocks):
+    """Iterate ``blocks`` with the next item computed on a worker thread meanwhile (two
+    buffers: the generator must not reuse a block's memory before the one after next)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(blocks)
+    with ThreadPoolExecutor(1, thread_name_prefix="torchkeras_io") as pool:
+        future = pool.submit(next, it, _END)
+        try:
+            while True:
+                item = future.result()
+                if item is _END:
+                    return
+                future = pool.submit(next, it, _END)
+                yield item
+        finally:
+            future.cancel()
+            try:
+                future.result()
+            except BaseException:  # noqa: BLE001 - the consumer's own error wins
+                pass
+
+
+def _in_root_order(target: torch.Tensor, view: Strided, root_shape: tuple) -> Optional[torch.Tensor]:
+    """``target`` seen in the root's element order and shape: a view ``d`` of ``target`` with
+    ``d[i] == target's element that comes from root[i]``; None unless ``view`` visits every root
+    element exactly once (a permutation of a reshape)."""
+    shape, stride = view.shape, view.stride
+    if view.offset != 0 or int(np.prod(shape, dtype=np.int64)) != int(np.prod(root_shape, dtype=np.int64)):
+        return None
+    dims = sorted((i for i in range(len(shape)) if shape[i] != 1), key=lambda i: -stride[i])
+    expect = 1
+    for i in reversed(dims):
+        if stride[i] != expect:
+            return None
+        expect *= shape[i]
+    order = dims + [i for i in range(len(shape)) if shape[i] == 1]
+    try:
+        return target.permute(order).view(root_shape)
+    except RuntimeError:
+        return None
+
+
+def _load_rows(source, dst: torch.Tensor, dtype: torch.dtype, max_bytes: int = BLOCK_BYTES) -> None:
+    """Fill ``dst`` (shaped like ``source``) from ``source`` in row blocks: straight into ``dst``
+    when its layout and dtype match, else through two block buffers, copying (transposing) one
+    block on a worker thread while the next is read."""
+    if dst.dim() == 0:
+        buf = torch.empty((), dtype=dtype)
+        source.read_rows(0, 1, buf)
+        dst.copy_(buf)
+        return
+    rows = dst.shape[0]
+    if dst.dtype == dtype and dst.is_contiguous():
+        source.read_rows(0, rows, dst)
+        return
+    step = _block_rows(tuple(dst.shape), torch.empty((), dtype=dtype).element_size(), max_bytes)
+    if step >= rows:
+        buf = torch.empty(tuple(dst.shape), dtype=dtype)
+        source.read_rows(0, rows, buf)
+        _copy(dst, buf)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    bufs = [torch.empty((step,) + tuple(dst.shape[1:]), dtype=dtype) for _ in range(2)]
+    scratch: dict = {}
+    pending = []
+    with ThreadPoolExecutor(1, thread_name_prefix="torchkeras_io") as pool:
+        try:
+            for k, start in enumerate(range(0, rows, step)):
+                stop = min(rows, start + step)
+                if k >= 2:
+                    pending[k - 2].result()  # that block is copied: its buffer is free again
+                buf = bufs[k % 2][: stop - start]
+                source.read_rows(start, stop, buf)
+                pending.append(pool.submit(_copy, dst[start:stop], buf, scratch))
+        except BaseException:
+            for f in pending[-2:]:
+                f.cancel()
+                try:
+                    f.result()
+                except BaseException:  # noqa: BLE001 - the read error is the one to report
+                    pass
+            raise
+        for f in pending[-2:]:
+            f.result()
 
 
 def to_numpy(tensor: torch.Tensor) -> tuple[np.ndarray, Optional[str]]:

@@ -17,7 +17,7 @@ from torch import nn
 
 __all__ = [
     "Activation", "Embedding", "HardSigmoidTF", "KerasReLU", "ThresholdedReLU", "SamePad", "Reshape", "Permute",
-    "RepeatVector", "Merge", "Cropping", "Flatten", "Rescaling", "Normalization", "GlobalPool", "Identity",
+    "RepeatVector", "Merge", "Cropping", "Flatten", "Rescaling", "Normalization", "GlobalPool", "Identity", "SeparableConv",
 ]  # fmt: skip
 
 
@@ -236,3 +236,19 @@ class Normalization(nn.Module):
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+class SeparableConv(nn.Module):
+    """Keras SeparableConv1D/2D: a depthwise conv (stride, dilation) then a 1x1 pointwise conv."""
+
+    def __init__(self, rank: int, in_channels: int, out_channels: int, kernel_size, stride, dilation,
+                 depth_multiplier: int = 1, bias: bool = True, padding=0):  # fmt: skip
+        super().__init__()
+        conv = {1: nn.Conv1d, 2: nn.Conv2d}[rank]
+        mid = in_channels * depth_multiplier
+        self.depthwise = conv(in_channels, mid, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                              groups=in_channels, bias=False)  # fmt: skip
+        self.pointwise = conv(mid, out_channels, 1, bias=bias)
+
+    def forward(self, x, **kwargs):
+        return self.pointwise(self.depthwise(x))

@@ -8,7 +8,7 @@ from . import core, merge, pooling, reshaping  # noqa: F401  (register their con
 from .activation import PReLUAdapter
 from .attention import MultiheadAttentionAdapter
 from .base import Adapter, FileInfo, KerasLayer, direct_tensors
-from .conv import ConvAdapter, ConvTransposeAdapter
+from .conv import ConvAdapter, ConvTransposeAdapter, SeparableConvAdapter
 from .dense import DenseAdapter
 from .embedding import EmbeddingAdapter
 from .generic import GenericAdapter
@@ -19,6 +19,7 @@ ADAPTERS: list = [
     DenseAdapter(),
     ConvAdapter(),
     ConvTransposeAdapter(),
+    SeparableConvAdapter(),
     BatchNormAdapter(),
     LayerNormAdapter(),
     GroupNormAdapter(),

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..modules import Cropping, SamePad, SeparableConv, same_padding
+from .activation import _ChannelsFirstSoftmax, activation_module
 from .base import Adapter, KerasLayer, lazy_param, owns_exactly
+from .registry import Built, builds, cfg_int_tuple, unsupported
 
 
 def _to_keras_perm(rank: int) -> tuple:
@@ -59,16 +62,16 @@ class ConvAdapter(Adapter):
         return [KerasLayer(cls, weights)]
 
     def normalize(self, module, index, weights, extras, info):
-        if not weights:
+        if not weights or not info.is_keras1:  # later Keras versions all use the current layout
             return weights, extras
         spec = self.export(module)[0].weights[0].shape
         k = weights[0]
         rank = module.weight.dim() - 2
-        if k.shape != spec and len(spec) == 3 and len(k.shape) == 4:
-            # Keras 1 Convolution1D: (k, 1, in, out), or Theano-ordered (out, in, k, 1)
-            if k.shape[1] == 1 and k.shape[0] == spec[0]:
+        if len(spec) == 3 and len(k.shape) == 4:
+            # Keras 1 Convolution1D: (k, 1, in, out), or the Keras 1.1 layout (out, in, k, 1)
+            if k.shape == (spec[0], 1, spec[1], spec[2]):
                 k = k.map(lambda a: a[:, 0])
-            else:
+            elif k.shape == (spec[2], spec[1], spec[0], 1):
                 k = k.map(lambda a: a.permute(2, 3, 1, 0)[:, 0])
         elif k.shape != spec and len(k.shape) == len(spec):
             # Keras 1 'th' dim ordering: (out, in, k...) — the torch layout
@@ -109,10 +112,15 @@ class ConvTransposeAdapter(Adapter):
 
     def normalize(self, module, index, weights, extras, info):
         if weights and info.is_keras1 and module.weight.dim() == 4:
+            # Keras 1 Deconvolution2D: (kh, kw, in, out) with 'tf' ordering, (out, in, kh, kw) with
+            # 'th'. A Keras 1 kernel is always in an old layout, so 'tf' is re-ordered even when
+            # in == out makes its shape equal to the current one.
             spec = self.export(module)[0].weights[0].shape
             k = weights[0]
-            if k.shape != spec and (k.shape[0], k.shape[1], k.shape[3], k.shape[2]) == spec:
-                weights = [k.map(lambda a: a.permute(0, 1, 3, 2))] + list(weights[1:])
+            for perm in ((0, 1, 3, 2), (2, 3, 0, 1)):
+                if tuple(k.shape[p] for p in perm) == spec:
+                    weights = [k.map(lambda a, perm=perm: a.permute(perm))] + list(weights[1:])
+                    break
         return weights, extras
 
     def load(self, module, index, weights, extras):
@@ -121,3 +129,153 @@ class ConvTransposeAdapter(Adapter):
         if module.bias is not None:
             out["bias"] = weights[1]
         return out
+
+
+class SeparableConvAdapter(Adapter):
+    """modules.SeparableConv <-> SeparableConv1D/2D: depthwise_kernel, pointwise_kernel, bias."""
+
+    family = "conv"
+    claims_children = True
+
+    def match(self, module):
+        return isinstance(module, SeparableConv)
+
+    def export(self, module, ctx=None):
+        dw = ConvAdapter().export(module.depthwise)[0].weights[0]
+        pw = module.pointwise
+        rank = pw.weight.dim() - 2
+        weights = [dw.renamed("depthwise_kernel"),
+                   lazy_param(pw, "weight", "pointwise_kernel", lambda w: w.permute(_to_keras_perm(rank)))]  # fmt: skip
+        if pw.bias is not None:
+            weights.append(lazy_param(pw, "bias", "bias"))
+        return [KerasLayer(f"SeparableConv{rank}D", weights)]
+
+    def load(self, module, index, weights, extras):
+        out = {"depthwise." + k: v for k, v in ConvAdapter().load(module.depthwise, 0, weights[:1], {}).items()}
+        rank = module.pointwise.weight.dim() - 2
+        out["pointwise.weight"] = weights[1].map(lambda k: k.permute(_to_torch_perm(rank)))
+        if module.pointwise.bias is not None:
+            out["pointwise.bias"] = weights[2]
+        return out
+
+
+# ------------------------------------------------------------------------------- config -> torch
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+_PAD = {1: nn.ConstantPad1d, 2: nn.ConstantPad2d, 3: nn.ConstantPad3d}
+
+
+def _geometry(layer, in_shapes, rank_from_input=True):
+    c = layer.config
+    rank = len(in_shapes[0]) - 2
+    channels_first = c.get("data_format") == "channels_first"
+    cin = in_shapes[0][1] if channels_first else in_shapes[0][-1]
+    if cin is None:
+        raise unsupported(layer, f"the channel axis of its input is unknown: {in_shapes[0]}")
+    spatial = in_shapes[0][2:] if channels_first else in_shapes[0][1:-1]
+    k = cfg_int_tuple(c["kernel_size"], rank)
+    s = cfg_int_tuple(c.get("strides", 1) or 1, rank)
+    d = cfg_int_tuple(c.get("dilation_rate", 1) or 1, rank)
+    return rank, int(cin), spatial, k, s, d, ("cl" if channels_first else "cf")
+
+
+def _padded(layer, conv_cls_kwargs, rank, spatial, k, s, d):
+    """(torch padding argument, module to run before the conv or None) for Keras padding modes."""
+    mode = str(layer.config.get("padding", "valid")).lower()
+    if mode == "valid":
+        return 0, None
+    if mode == "causal":
+        return 0, _PAD[rank]((d[0] * (k[0] - 1), 0), 0.0)
+    if mode == "full":  # Keras 1
+        return tuple(di * (ki - 1) for ki, di in zip(k, d)), None
+    if mode != "same":
+        raise unsupported(layer, f"padding '{mode}'")
+    if all(si == 1 for si in s):
+        return "same", None  # torch's 'same' puts the odd pixel at the end, like TensorFlow
+    if any(x is None for x in spatial):
+        return 0, SamePad(k, s, d)
+    pairs = [same_padding(int(n), ki, si, di) for n, ki, si, di in zip(spatial, k, s, d)]
+    if all(a == b for a, b in pairs):
+        return tuple(a for a, _ in pairs), None
+    flat = [p for pair in reversed(pairs) for p in pair]
+    return 0, _PAD[rank](tuple(flat), 0.0)
+
+
+def _assemble(layer, ctx, pre, conv, layout):
+    parts = ([pre] if pre is not None else []) + [conv]
+    act, act_layout = activation_module(layer.config.get("activation", "linear"), ctx.generation)
+    if not isinstance(act, nn.Identity):
+        parts.append(_ChannelsFirstSoftmax(act) if act_layout == "cl" and layout == "cf" else act)
+    if len(parts) == 1:
+        return Built(conv, layout, "")
+    return Built(nn.Sequential(*parts), layout, str(parts.index(conv)))
+
+
+@builds("Conv1D", "Conv2D", "Conv3D")
+def _conv(layer, in_shapes, ctx):
+    c = layer.config
+    rank, cin, spatial, k, s, d, layout = _geometry(layer, in_shapes)
+    padding, pre = _padded(layer, {}, rank, spatial, k, s, d)
+    groups = int(c.get("groups", 1) or 1)
+    conv = _CONV[rank](cin, int(c["filters"]), k, stride=s, padding=padding, dilation=d, groups=groups,
+                       bias=bool(c.get("use_bias", True)))  # fmt: skip
+    return _assemble(layer, ctx, pre, conv, layout)
+
+
+@builds("DepthwiseConv1D", "DepthwiseConv2D")
+def _depthwise(layer, in_shapes, ctx):
+    c = layer.config
+    rank, cin, spatial, k, s, d, layout = _geometry(layer, in_shapes)
+    padding, pre = _padded(layer, {}, rank, spatial, k, s, d)
+    dm = int(c.get("depth_multiplier", 1) or 1)
+    conv = _CONV[rank](cin, cin * dm, k, stride=s, padding=padding, dilation=d, groups=cin,
+                       bias=bool(c.get("use_bias", True)))  # fmt: skip
+    return _assemble(layer, ctx, pre, conv, layout)
+
+
+@builds("SeparableConv1D", "SeparableConv2D")
+def _separable(layer, in_shapes, ctx):
+    c = layer.config
+    rank, cin, spatial, k, s, d, layout = _geometry(layer, in_shapes)
+    padding, pre = _padded(layer, {}, rank, spatial, k, s, d)
+    conv = SeparableConv(rank, cin, int(c["filters"]), k, s, d, int(c.get("depth_multiplier", 1) or 1),
+                         bool(c.get("use_bias", True)), padding)  # fmt: skip
+    return _assemble(layer, ctx, pre, conv, layout)
+
+
+@builds("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
+def _conv_transpose(layer, in_shapes, ctx):
+    c = layer.config
+    rank, cin, spatial, k, s, d, layout = _geometry(layer, in_shapes)
+    mode = str(c.get("padding", "valid")).lower()
+    given = c.get("output_padding")
+    given = cfg_int_tuple(given, rank) if given is not None else None
+    out_pad, crops = [], []
+    for i in range(rank):
+        eff = (k[i] - 1) * d[i] + 1
+        # Keras's output length relative to torch's full (unpadded) length (L-1)*s + eff
+        if given is None:
+            extra = {"valid": max(s[i] - eff, 0), "same": s[i] - eff}.get(mode)
+            if extra is None:
+                raise unsupported(layer, f"padding '{mode}'")
+            begin = 0 if mode == "valid" else max(eff - s[i], 0) // 2
+        else:  # TensorFlow derives the padding from the requested output length
+            pad = {"same": eff // 2, "valid": 0}.get(mode)
+            if pad is None:
+                raise unsupported(layer, f"padding '{mode}'")
+            extra = given[i] - 2 * pad
+            begin = 0 if mode == "valid" else max(2 * pad - given[i], 0) // 2
+        grow = max(0, extra + begin)  # torch's output_padding adds at the end
+        out_pad.append(grow)
+        crops.append((begin, grow - extra - begin))
+    if any(op >= max(si, di) for op, si, di in zip(out_pad, s, d)):
+        raise unsupported(layer, "output_padding must be smaller than the stride or the dilation")
+    conv = _CONV_T[rank](cin, int(c["filters"]), k, stride=s, dilation=d, output_padding=tuple(out_pad),
+                         bias=bool(c.get("use_bias", True)))  # fmt: skip
+    parts = [conv] + ([Cropping(crops)] if any(a or b for a, b in crops) else [])
+    act, act_layout = activation_module(c.get("activation", "linear"), ctx.generation)
+    if not isinstance(act, nn.Identity):
+        parts.append(_ChannelsFirstSoftmax(act) if act_layout == "cl" and layout == "cf" else act)
+    if len(parts) == 1:
+        return Built(conv, layout, "")
+    return Built(nn.Sequential(*parts), layout, "0")

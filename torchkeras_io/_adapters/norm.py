@@ -1,15 +1,39 @@
 """Normalization: BatchNorm{1,2,3}d <-> BatchNormalization, LayerNorm, GroupNorm.
 
 BatchNormalization keeps gamma, beta (when affine), moving_mean, moving_variance in that order;
-torch's ``num_batches_tracked`` has no Keras slot and travels as a torch extra.
+torch's ``num_batches_tracked`` has no Keras slot and travels as a torch extra. Files written by
+TF 1.x ``tf.keras`` (``tf.layers`` based, e.g. keras_version ``2.0.6-tf``) store ``beta`` before
+``gamma``; loading orders the weights by their names when every name says what it is.
 """
 
 from __future__ import annotations
 
+import re
+
+import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .base import Adapter, KerasLayer, lazy_param, owns_exactly
+from .registry import Built, builds, unsupported
+
+# weight-name endings -> canonical slot (Keras 1 called the moving variance "running_std")
+_BN_SLOTS = (
+    ("moving_mean", 2),
+    ("moving_variance", 3),
+    ("running_mean", 2),
+    ("running_std", 3),
+    ("gamma", 0),
+    ("beta", 1),
+)
+
+
+def _bn_slot(weight_name: str):
+    leaf = weight_name.split("/")[-1].split(":")[0]
+    for role, slot in _BN_SLOTS:
+        if re.search(rf"(^|_){role}(_\d+)?$", leaf):
+            return slot
+    return None
 
 
 class BatchNormAdapter(Adapter):
@@ -35,6 +59,12 @@ class BatchNormAdapter(Adapter):
         if module.num_batches_tracked is not None:
             extras.append(lazy_param(module, "num_batches_tracked", "num_batches_tracked"))
         return [KerasLayer("BatchNormalization", weights, extras, ("moving_mean", "moving_variance"))]
+
+    def normalize(self, module, index, weights, extras, info):
+        slots = [_bn_slot(w.name) for w in weights]
+        if None not in slots and len(set(slots)) == len(slots) and slots != sorted(slots):
+            weights = [w for _, w in sorted(zip(slots, weights), key=lambda t: t[0])]
+        return weights, extras
 
     def load(self, module, index, weights, extras):
         names = (["weight", "bias"] if module.weight is not None else []) + ["running_mean", "running_var"]
@@ -75,3 +105,76 @@ class GroupNormAdapter(Adapter):
 
     def load(self, module, index, weights, extras):
         return {"weight": weights[0], "bias": weights[1]}
+
+
+# ------------------------------------------------------------------------------- config -> torch
+_BN = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+
+
+def _axes(value, rank: int) -> list:
+    axes = value if isinstance(value, (list, tuple)) else [value]
+    return sorted(int(a) % rank for a in axes)
+
+
+@builds("BatchNormalization")
+def _batch_norm(layer, in_shapes, ctx):
+    c = layer.config
+    rank = len(in_shapes[0])
+    axes = _axes(c.get("axis", -1), rank)
+    if len(axes) != 1 or axes[0] not in (1, rank - 1) or rank not in _BN:
+        raise unsupported(layer, f"normalising axis {c.get('axis')} of a rank-{rank} input")
+    center, scale = bool(c.get("center", True)), bool(c.get("scale", True))
+    if center != scale:
+        raise unsupported(layer, "center and scale differ (torch BatchNorm has both affine terms or neither)")
+    if c.get("renorm"):
+        raise unsupported(layer, "batch renormalization")
+    channels = in_shapes[0][axes[0]]
+    if channels is None:
+        raise unsupported(layer, f"unknown channel count in {in_shapes[0]}")
+    bn = _BN[rank](int(channels), eps=float(c.get("epsilon", 1e-3)), momentum=1.0 - float(c.get("momentum", 0.99)),
+                   affine=center)  # fmt: skip
+    # the channel axis is the Keras last axis (run channels-first) or already axis 1
+    layout = "cl" if axes[0] == 1 or rank == 2 else "cf"
+    return Built(bn, layout, "")
+
+
+@builds("LayerNormalization")
+def _layer_norm(layer, in_shapes, ctx):
+    c = layer.config
+    rank = len(in_shapes[0])
+    axes = _axes(c.get("axis", -1), rank)
+    if axes != list(range(rank - len(axes), rank)) or c.get("rms_scaling"):
+        raise unsupported(layer, f"normalising axes {c.get('axis')} (torch LayerNorm normalises trailing axes)")
+    shape = [in_shapes[0][a] for a in axes]
+    if any(s is None for s in shape):
+        raise unsupported(layer, f"unknown normalised shape in {in_shapes[0]}")
+    center, scale = bool(c.get("center", True)), bool(c.get("scale", True))
+    if center and not scale:
+        raise unsupported(layer, "center=True with scale=False")
+    ln = nn.LayerNorm(shape, eps=float(c.get("epsilon", 1e-3)), elementwise_affine=scale, bias=center)
+    return Built(ln, "cl", "" if scale else None)
+
+
+@builds("GroupNormalization")
+def _group_norm(layer, in_shapes, ctx):
+    c = layer.config
+    rank = len(in_shapes[0])
+    if _axes(c.get("axis", -1), rank) != [rank - 1] or not (c.get("center", True) and c.get("scale", True)):
+        raise unsupported(layer, "only the channels-last axis with center and scale maps to torch GroupNorm")
+    channels = in_shapes[0][-1]
+    gn = nn.GroupNorm(int(c.get("groups", 32)), int(channels), eps=float(c.get("epsilon", 1e-3)))
+    return Built(gn, "cf", "")
+
+
+class _UnitNorm(nn.Module):
+    def __init__(self, axes):
+        super().__init__()
+        self.axes = tuple(axes)
+
+    def forward(self, x, **kwargs):
+        return x / torch.sqrt(torch.clamp((x * x).sum(dim=self.axes, keepdim=True), min=1e-12))
+
+
+@builds("UnitNormalization")
+def _unit_norm(layer, in_shapes, ctx):
+    return Built(_UnitNorm(_axes(layer.config.get("axis", -1), len(in_shapes[0]))), "cl")
