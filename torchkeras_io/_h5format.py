@@ -19,8 +19,10 @@ from typing import Any, Iterable, Optional, Sequence
 
 import h5py
 import numpy as np
+import torch
+from h5py import h5a, h5d, h5g, h5p, h5s, h5t
 
-from ._tensors import Lazy, from_numpy, to_numpy, torch_dtype_of
+from ._tensors import _BLOCK_DTYPES, Lazy, from_numpy, row_blocks, to_numpy, torch_dtype_of
 from .errors import FileFormatError
 
 HDF5_OBJECT_HEADER_LIMIT = 64512
@@ -116,36 +118,167 @@ def read_str_attr(obj: h5py.HLObject, name: str, filepath: str) -> Optional[str]
 
 
 # --------------------------------------------------------------------------------------- writer
+_VLEN_ASCII = h5py.string_dtype("ascii")
+_VLEN_UTF8 = h5py.string_dtype("utf-8")
+
+
+def _encode(name: str) -> tuple:
+    """h5py's name encoding: ASCII when it can, else UTF-8 (and the link records which)."""
+    try:
+        return name.encode("ascii"), h5t.CSET_ASCII
+    except UnicodeEncodeError:
+        return name.encode("utf-8"), h5t.CSET_UTF8
+
+
+class _Writer:
+    """The groups, attributes and datasets of the layout, made with h5py's low-level API.
+
+    What it makes is what h5py's high-level calls make (``create_group``, ``create_dataset``
+    with an intermediate group, ``attrs[name] = value``): the same datatypes, dataspaces and
+    property lists, without the per-call overhead that dominates files with many small layers.
+    """
+
+    def __init__(self) -> None:
+        track_order = h5py.get_config().track_order
+        self.dcpl = h5p.create(h5p.DATASET_CREATE)
+        self.dcpl.set_obj_track_times(False)
+        order = h5p.CRT_ORDER_TRACKED | h5p.CRT_ORDER_INDEXED
+        self.dcpl.set_attr_creation_order(order if track_order else 0)
+        self.gcpl = None
+        if track_order:
+            self.gcpl = h5p.create(h5p.GROUP_CREATE)
+            self.gcpl.set_link_creation_order(order)
+            self.gcpl.set_attr_creation_order(order)
+        self._lcpl = {}
+        self._types = {}
+        self._scalar = h5s.create_simple(())
+
+    def lcpl(self, cset: int):
+        lcpl = self._lcpl.get(cset)
+        if lcpl is None:
+            lcpl = self._lcpl[cset] = h5p.create(h5p.LINK_CREATE)
+            lcpl.set_create_intermediate_group(True)
+            lcpl.set_char_encoding(cset)
+        return lcpl
+
+    def htype(self, dtype: np.dtype, logical: bool = True):
+        key = (dtype, logical)
+        tid = self._types.get(key)
+        if tid is None:
+            tid = self._types[key] = h5t.py_create(dtype, logical=logical)
+        return tid
+
+    def group(self, parent, name: str):
+        bname, cset = _encode(name)
+        return h5g.create(parent, bname, lcpl=self.lcpl(cset), gcpl=self.gcpl)
+
+    def parent_of(self, group, path: str, made: dict) -> tuple:
+        """(group holding ``path``'s last part, that part), making intermediate groups as
+        ``create_dataset`` does."""
+        bpath, _ = _encode(path)
+        if b"/" not in bpath.lstrip(b"/"):
+            return group, bpath
+        parent, name = bpath.rsplit(b"/", 1)
+        gid = made.get(parent)
+        if gid is None:
+            if group.links.exists(parent) if b"/" not in parent else _exists(group, parent):
+                gid = h5py.Group(group).require_group(parent).id
+            else:
+                gid = h5g.create(group, parent, lcpl=self.lcpl(h5t.CSET_ASCII), gcpl=self.gcpl)
+            made[parent] = gid
+        return gid, name
+
+    def attr(self, obj, name: str, value) -> None:
+        """``obj.attrs[name] = value`` for a str or a list of bytes (others: h5py's own call)."""
+        if isinstance(value, str):
+            data, dtype, space = np.array(value, dtype=_VLEN_UTF8), _VLEN_UTF8, self._scalar
+        elif isinstance(value, list) and value and all(isinstance(v, bytes) for v in value):
+            data = np.empty(len(value), dtype=_VLEN_ASCII)
+            data[:] = value
+            dtype, space = _VLEN_ASCII, h5s.create_simple((len(value),))
+        else:
+            h5py.AttributeManager(h5py.Group(obj) if isinstance(obj, h5g.GroupID) else h5py.Dataset(obj))[name] = value
+            return
+        bname, _ = _encode(name)
+        if h5a.exists(obj, bname):
+            h5a.delete(obj, bname)
+        attr = h5a.create(obj, bname, self.htype(dtype), space)
+        try:
+            attr.write(data, mtype=self.htype(dtype, logical=False))
+        except BaseException:
+            attr.close()
+            h5a.delete(obj, bname)
+            raise
+        attr.close()
+
+    def names(self, obj, name: str, data: Sequence[str]) -> None:
+        """:func:`save_attributes` on a low-level object."""
+        encoded = [s.encode("utf-8") for s in data]
+        if encoded and max(map(len, encoded)) * len(encoded) <= HDF5_OBJECT_HEADER_LIMIT:
+            self.attr(obj, name, encoded)  # fits in one attribute whatever numpy pads it to
+        else:
+            save_attributes(h5py.Group(obj), name, data)
+
+    def dataset(self, group, path: str, lazy: Lazy, made: dict) -> None:
+        """Write one lazy tensor, block by block when it is a view of a CPU tensor."""
+        parent, name = self.parent_of(group, path, made)
+        dset = None
+        for start, block in row_blocks(lazy):
+            array, marker = to_numpy(block)
+            if dset is None:
+                whole = tuple(array.shape) == lazy.shape
+                shape = array.shape if whole else lazy.shape
+                dset = h5d.create(
+                    parent, name, self.htype(array.dtype), h5s.create_simple(tuple(shape)), dcpl=self.dcpl
+                )
+                if marker is not None:
+                    self.attr(dset, DTYPE_ATTR, marker)
+            array = np.asarray(array, order="C")
+            if tuple(array.shape) == tuple(shape):
+                dset.write(h5s.ALL, h5s.ALL, array)
+            else:
+                fspace = dset.get_space()
+                fspace.select_hyperslab((start,) + (0,) * (array.ndim - 1), array.shape)
+                dset.write(h5s.create_simple(array.shape), fspace, array)
+
+
+def _exists(group, path: bytes) -> bool:
+    try:
+        return h5py.Group(group).__contains__(path)
+    except (KeyError, ValueError):
+        return False
+
+
 def _write_dataset(group: h5py.Group, path: str, lazy: Lazy) -> None:
-    array, marker = to_numpy(lazy.read())
-    dset = group.create_dataset(path, data=array)
-    if marker is not None:
-        dset.attrs[DTYPE_ATTR] = marker
+    _Writer().dataset(group.id, path, lazy, {})
 
 
 def write_weights_group(group: h5py.Group, layers: Iterable[LayerRecord], top_level: Sequence[Lazy] = ()) -> None:
     """Write the legacy weights layout into ``group`` (file root or ``model_weights``)."""
     layers = list(layers)
+    w = _Writer()
     save_attributes(group, "layer_names", [layer.name for layer in layers])
     group.attrs["backend"] = BACKEND.encode("utf-8")
     group.attrs["keras_version"] = KERAS_VERSION.encode("utf-8")
     for layer in layers:
-        g = group.create_group(layer.name)
-        names = [f"{layer.name}/{w.name}:0" for w in layer.weights]
-        save_attributes(g, "weight_names", names)
-        for name, w in zip(names, layer.weights):
-            _write_dataset(g, name, w)
+        g = w.group(group.id, layer.name)
+        made: dict = {}
+        names = [f"{layer.name}/{x.name}:0" for x in layer.weights]
+        w.names(g, "weight_names", names)
+        for name, x in zip(names, layer.weights):
+            w.dataset(g, name, x, made)
         if layer.extras:
-            save_attributes(g, EXTRA_ATTR, [e.name for e in layer.extras])
+            w.names(g, EXTRA_ATTR, [e.name for e in layer.extras])
             for e in layer.extras:
-                _write_dataset(g, f"{EXTRA_GROUP}/{e.name}", e)
+                w.dataset(g, f"{EXTRA_GROUP}/{e.name}", e, made)
         for key, value in layer.attrs.items():
-            g.attrs[key] = value
-    g = group.create_group(TOP_LEVEL)
-    names = [w.name for w in top_level]
-    save_attributes(g, "weight_names", names)
-    for name, w in zip(names, top_level):
-        _write_dataset(g, name, w)
+            w.attr(g, key, value)
+    g = w.group(group.id, TOP_LEVEL)
+    names = [x.name for x in top_level]
+    w.names(g, "weight_names", names)
+    made = {}
+    for name, x in zip(names, top_level):
+        w.dataset(g, name, x, made)
 
 
 # --------------------------------------------------------------------------------------- reader
@@ -218,7 +351,44 @@ def _dataset_lazy(dset: h5py.Dataset, name: str, filepath: str, layer: str) -> L
             raise FileFormatError(f"cannot read data: {exc}", filepath=filepath, layer=layer, weight=name) from exc
         return from_numpy(np.asarray(array), marker)
 
-    return Lazy(name, shape, tdtype, read)
+    rows = None
+    if marker is None and tdtype in _BLOCK_DTYPES and dtype.isnative and _plain_layout(dset):
+        rows = _Rows(dset.id, tuple(shape), tdtype, filepath, layer, name)
+    return Lazy(name, shape, tdtype, read, root=rows)
+
+
+def _plain_layout(dset: h5py.Dataset) -> bool:
+    """Contiguous or compact storage without filters: row ranges are cheap to read."""
+    try:
+        dcpl = dset.id.get_create_plist()
+        return dcpl.get_layout() in (h5d.CONTIGUOUS, h5d.COMPACT) and dcpl.get_nfilters() == 0
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+class _Rows:
+    """A dataset as a row source for :meth:`Lazy.read_into`: rows ``[start, stop)`` read by HDF5
+    straight into the caller's (CPU, contiguous) tensor."""
+
+    __slots__ = ("dset", "shape", "dtype", "filepath", "layer", "name")
+
+    def __init__(self, dset, shape: tuple, dtype: torch.dtype, filepath: str, layer: str, name: str) -> None:
+        self.dset, self.shape, self.dtype = dset, shape, dtype
+        self.filepath, self.layer, self.name = filepath, layer, name
+
+    def read_rows(self, start: int, stop: int, out: torch.Tensor) -> None:
+        array = out.detach().numpy()
+        try:
+            if not self.shape or (start == 0 and stop == self.shape[0]):
+                self.dset.read(h5s.ALL, h5s.ALL, array)
+            else:
+                fspace = self.dset.get_space()
+                fspace.select_hyperslab((start,) + (0,) * (len(self.shape) - 1), array.shape)
+                self.dset.read(h5s.create_simple(array.shape), fspace, array)
+        except (OSError, RuntimeError, ValueError, TypeError) as exc:
+            raise FileFormatError(
+                f"cannot read data: {exc}", filepath=self.filepath, layer=self.layer, weight=self.name
+            ) from exc
 
 
 class WeightsReader:

@@ -152,7 +152,7 @@ class Lazy:
         ):
             target.copy_(self.read())
             return
-        dst = _in_root_order(target, view, tuple(root.shape))
+        dst = _in_root_order(target.detach(), view, tuple(root.shape))
         if dst is None:
             target.copy_(self.read())
             return

@@ -16,16 +16,40 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "Activation", "Embedding", "HardSigmoidTF", "KerasReLU", "ThresholdedReLU", "SamePad", "Reshape", "Permute",
+    "Activation", "Embedding", "HardSigmoidTF", "Masking", "KerasReLU", "ThresholdedReLU", "SamePad", "Reshape", "Permute",
     "RepeatVector", "Merge", "Cropping", "Flatten", "Rescaling", "Normalization", "GlobalPool", "Identity", "SeparableConv",
 ]  # fmt: skip
 
 
 class Embedding(nn.Embedding):
-    """nn.Embedding that takes ids of any numeric dtype, as Keras does (it casts to int)."""
+    """nn.Embedding that takes ids of any numeric dtype, as Keras does (it casts to int).
+
+    With ``mask_zero`` it also gives Keras's mask (id != 0) to the layers after it.
+    """
+
+    def __init__(self, *args, mask_zero: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mask_zero = mask_zero
 
     def forward(self, x, **kwargs):
         return super().forward(x.long())
+
+    def compute_mask(self, x, mask=None):
+        return (x != 0) if self.mask_zero else None
+
+
+class Masking(nn.Module):
+    """Keras ``Masking``: time steps whose features all equal ``mask_value`` are zeroed and masked."""
+
+    def __init__(self, mask_value: float = 0.0):
+        super().__init__()
+        self.mask_value = float(mask_value)
+
+    def compute_mask(self, x, mask=None):
+        return (x != self.mask_value).any(dim=-1)
+
+    def forward(self, x, **kwargs):
+        return x * self.compute_mask(x).unsqueeze(-1).to(x.dtype)
 
 
 class Identity(nn.Identity):

@@ -227,7 +227,7 @@ def load_weights(
 
         with torch.no_grad():
             for target, lazy in assignments:
-                target.copy_(lazy.read())
+                lazy.read_into(target)
     return report
 
 

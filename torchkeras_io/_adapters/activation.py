@@ -96,7 +96,7 @@ class _ChannelsFirstSoftmax(nn.Module):
 @builds("Activation")
 def _activation(layer, in_shapes, ctx):
     module, layout = activation_module(layer.config.get("activation"), ctx.generation)
-    return Built(module, layout)
+    return Built(module, layout, mask="pass")
 
 
 @builds("ReLU")

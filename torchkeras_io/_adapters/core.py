@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..modules import Flatten, Identity, Permute, RepeatVector, Rescaling, Reshape
+from ..modules import Flatten, Identity, Masking, Permute, RepeatVector, Rescaling, Reshape
 from .registry import Built, builds, unsupported
 
 
 @builds("Dropout")
 def _dropout(layer, in_shapes, ctx):
-    return Built(nn.Dropout(float(layer.config.get("rate", 0.5))), "any")
+    return Built(nn.Dropout(float(layer.config.get("rate", 0.5))), "any", mask="pass")
 
 
 @builds("SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D")
@@ -21,12 +21,17 @@ def _spatial_dropout(layer, in_shapes, ctx):
     return Built(cls(float(layer.config.get("rate", 0.5))), layout)
 
 
-@builds("GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Masking",
+@builds("GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
         "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation", "RandomContrast", "RandomCrop",
         "RandomBrightness", "RandomHeight", "RandomWidth")  # fmt: skip
 def _identity_at_inference(layer, in_shapes, ctx):
     # Training-time noise and augmentation: identity in inference, as Keras computes it
-    return Built(Identity(), "any")
+    return Built(Identity(), "any", mask="pass")
+
+
+@builds("Masking")
+def _masking(layer, in_shapes, ctx):
+    return Built(Masking(float(layer.config.get("mask_value", 0.0))), "cl", mask="compute")
 
 
 @builds("Flatten")

@@ -35,4 +35,6 @@ def _dense(layer, in_shapes, ctx):
     if fan_in is None:
         raise unsupported(layer, f"input's last axis is unknown: {in_shapes[0]}")
     linear = nn.Linear(int(fan_in), int(c["units"]), bias=bool(c.get("use_bias", True)))
-    return with_activation(linear, c, ctx, "cl")
+    built = with_activation(linear, c, ctx, "cl")
+    built.mask = "pass"
+    return built

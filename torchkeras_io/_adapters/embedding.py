@@ -25,4 +25,6 @@ class EmbeddingAdapter(Adapter):
 @builds("Embedding")
 def _embedding(layer, in_shapes, ctx):
     c = layer.config
-    return Built(Embedding(int(c["input_dim"]), int(c["output_dim"])), "cl", "")
+    mask_zero = bool(c.get("mask_zero", False))
+    return Built(Embedding(int(c["input_dim"]), int(c["output_dim"]), mask_zero=mask_zero), "cl", "",
+                 mask="compute" if mask_zero else "drop")  # fmt: skip

@@ -11,7 +11,7 @@ _MODES = {"Add": "add", "Subtract": "subtract", "Multiply": "multiply", "Average
 
 @builds(*_MODES)
 def _elementwise(layer, in_shapes, ctx):
-    return Built(Merge(_MODES[layer.class_name]), "any")
+    return Built(Merge(_MODES[layer.class_name]), "any", mask="pass")
 
 
 @builds("Concatenate")

@@ -135,7 +135,7 @@ def _batch_norm(layer, in_shapes, ctx):
                    affine=center)  # fmt: skip
     # the channel axis is the Keras last axis (run channels-first) or already axis 1
     layout = "cl" if axes[0] == 1 or rank == 2 else "cf"
-    return Built(bn, layout, "")
+    return Built(bn, layout, "", mask="pass")
 
 
 @builds("LayerNormalization")
@@ -152,7 +152,7 @@ def _layer_norm(layer, in_shapes, ctx):
     if center and not scale:
         raise unsupported(layer, "center=True with scale=False")
     ln = nn.LayerNorm(shape, eps=float(c.get("epsilon", 1e-3)), elementwise_affine=scale, bias=center)
-    return Built(ln, "cl", "" if scale else None)
+    return Built(ln, "cl", "" if scale else None, mask="pass")
 
 
 @builds("GroupNormalization")

@@ -25,12 +25,17 @@ class Built:
     ``weights``: the path, relative to ``module``, of the submodule holding the Keras layer's
     weights ("" for the module itself, None for a layer without weights).
     ``out_layout``: the layout of the outputs when it differs from the input's.
+    ``mask``: how the layer treats Keras masks (from ``Embedding(mask_zero=True)``, ``Masking``):
+    ``"drop"`` ignores them, ``"pass"`` passes its input's mask on, ``"consume"`` gets it as a
+    ``mask=`` argument, ``"compute"`` makes one; the last two call ``module.compute_mask(x, mask)``
+    when the module has it, for the mask of their outputs.
     """
 
     module: nn.Module
     layout: str = "cl"
     weights: Optional[str] = None
     out_layout: Optional[str] = None
+    mask: str = "drop"
 
 
 @dataclasses.dataclass

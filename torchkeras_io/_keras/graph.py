@@ -71,6 +71,7 @@ class KerasGraph(nn.Module):
         self.keras_kind = kind
         self.layers = nn.ModuleDict()
         self._layouts: dict = {}  # key -> (layout, out_layout)
+        self._mask_modes: dict = {}  # key -> how the layer treats Keras masks (see Built.mask)
         self._weights: dict = {}  # key -> relative path of the weights module, for weighted layers
         self._names: dict = {}  # key -> Keras layer name
         self._inputs: list = []  # (layer, node) of each model input
@@ -80,9 +81,11 @@ class KerasGraph(nn.Module):
         self.input_dtypes: list = []
 
     # ------------------------------------------------------------------------------ running
-    def _run(self, step: Step, values: dict, state: Optional[dict] = None) -> list:
+    def _run(self, step: Step, values: dict, masks: dict, state: Optional[dict] = None) -> list:
+        """Run one layer call; record its outputs' Keras masks in ``masks``."""
         module = self.layers[step.key]
         layout, out_layout = self._layouts[step.key]
+        mask_mode = self._mask_modes.get(step.key, "drop")
         refs = _refs_in([step.args, step.kwargs])
         if layout == "any":
             ranks = [values[(r.layer, r.node)][r.tensor] for r in refs]
@@ -95,12 +98,29 @@ class KerasGraph(nn.Module):
         args = _map_refs(step.args, fetch)
         kwargs = {k: v for k, v in _map_refs(step.kwargs, fetch).items() if k != "training"}
         x = args[0] if len(args) == 1 else args
+        in_masks = _map_refs(step.args[0] if len(step.args) == 1 else step.args,
+                             lambda r: masks.get((r.layer, r.node, r.tensor)))  # fmt: skip
+        has_mask = any(m is not None for m in (in_masks if isinstance(in_masks, list) else [in_masks]))
+        if mask_mode in ("consume", "compute") and "mask" not in kwargs and has_mask:
+            kwargs["mask"] = in_masks
+        elif mask_mode not in ("consume", "compute"):
+            kwargs.pop("mask", None)
         if state is None:
             out = module(x, **kwargs)
         else:  # shape inference: the same call on meta tensors, weights included
             out = torch.func.functional_call(module, state, (x,), kwargs)
         outs = list(out) if isinstance(out, (tuple, list)) else [out]
         lay = out_layout or layout
+        if mask_mode == "pass" and has_mask:
+            first = in_masks[0] if isinstance(in_masks, list) else in_masks
+            for i in range(len(outs)):
+                masks[(step.layer, step.node, i)] = first
+        elif mask_mode in ("consume", "compute") and hasattr(module, "compute_mask"):
+            out_masks = module.compute_mask(x, kwargs.get("mask"))
+            out_masks = out_masks if isinstance(out_masks, (list, tuple)) else [out_masks] * len(outs)
+            for i, m in enumerate(out_masks):
+                if m is not None:
+                    masks[(step.layer, step.node, i)] = m
         return [(t, lay if isinstance(t, torch.Tensor) and t.dim() >= 3 else "cl") for t in outs]
 
     def forward(self, *inputs: torch.Tensor):
@@ -108,11 +128,11 @@ class KerasGraph(nn.Module):
             inputs = tuple(inputs[0])
         if len(inputs) != len(self._inputs):
             raise TypeError(f"{self.keras_name} takes {len(self._inputs)} input(s), got {len(inputs)}")
-        values = {}
+        values, masks = {}, {}
         for key, x in zip(self._inputs, inputs):
             values[key] = [(torch.as_tensor(x), "cl")]
         for step in self._steps:
-            values[(step.layer, step.node)] = self._run(step, values)
+            values[(step.layer, step.node)] = self._run(step, values, masks)
         outs = [_convert(*values[(r.layer, r.node)][r.tensor], "cl") for r in self._outputs]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
@@ -142,6 +162,7 @@ class _Builder:
         self.errors: list = []
         self.shapes: dict = {}  # (layer, node) -> list of (shape, dtype) per output, for 2 placeholders
         self.built: dict = {}  # layer name -> key
+        self.masks: dict = {}  # (layer, node, tensor) -> Keras mask per placeholder run
 
     def key_for(self, name: str) -> str:
         key = name.replace(".", "_") or "_"
@@ -228,6 +249,7 @@ class _Builder:
                 built.module.requires_grad_(False)
             self.graph.layers[key] = built.module
             self.graph._layouts[key] = (built.layout, built.out_layout)
+            self.graph._mask_modes[key] = built.mask
             self.graph._names[key] = layer.name
             if built.weights is not None:
                 self.graph._weights[key] = built.weights
@@ -240,9 +262,13 @@ class _Builder:
         outs = []
         for i in range(len(_PLACEHOLDERS)):
             values = {k: [(v[j][i], "cl") for j in range(len(v))] for k, v in self.shapes.items()}
+            masks = {k: v[i] for k, v in self.masks.items()}
             try:
                 with torch.no_grad():
-                    outs.append([t for t, lay in (_convert_pair(o) for o in self.graph._run(step, values, state))])
+                    result = self.graph._run(step, values, masks, state)
+                    outs.append([t for t, lay in (_convert_pair(o) for o in result)])
+                for k, m in masks.items():
+                    self.masks.setdefault(k, [None] * len(_PLACEHOLDERS))[i] = m
             except (RuntimeError, ValueError, TypeError, IndexError) as exc:
                 self.errors.append(unsupported(layer, f"cannot be applied to inputs of shape "
                                                       f"{[_shape_of(m) for m in in_meta]}: {exc}"))  # fmt: skip
