@@ -130,7 +130,7 @@ class KerasGraph(nn.Module):
             raise TypeError(f"{self.keras_name} takes {len(self._inputs)} input(s), got {len(inputs)}")
         values, masks = {}, {}
         for key, x in zip(self._inputs, inputs):
-            values[key] = [(torch.as_tensor(x), "cl")]
+            values[key] = [(x if isinstance(x, torch.Tensor) else torch.as_tensor(x), "cl")]
         for step in self._steps:
             values[(step.layer, step.node)] = self._run(step, values, masks)
         outs = [_convert(*values[(r.layer, r.node)][r.tensor], "cl") for r in self._outputs]
@@ -282,7 +282,7 @@ class _Builder:
             sub = _Builder(layer.model, self.ctx, in_shapes if layer.model.kind == "Functional" else in_shapes[:1])
             graph = sub.run()
             return Built(graph, "cl", "" if _has_weights(graph) else None)
-        custom = self.ctx.custom_objects.get(layer.class_name)
+        custom = self.ctx.custom_objects.get(layer.name, self.ctx.custom_objects.get(layer.class_name))
         if custom is not None:
             module = custom(dict(layer.config))
             if not isinstance(module, nn.Module):
