@@ -22,7 +22,9 @@ _PLACEHOLDERS = (29, 37)  # stand-ins for unknown (None) sizes during shape infe
 
 
 def to_cf(t: torch.Tensor) -> torch.Tensor:
-    return t.movedim(-1, 1) if t.dim() >= 3 else t
+    # contiguous NCHW, not a channels-last view: oneDNN's NHWC convolutions accumulate less
+    # accurately (1e-5 relative on a 7x7x64 conv, against 2e-6 in NCHW)
+    return t.movedim(-1, 1).contiguous() if t.dim() >= 3 else t
 
 
 def to_cl(t: torch.Tensor) -> torch.Tensor:
