@@ -11,6 +11,8 @@ from .errors import (  # noqa: E402
     WeightMismatchError,
 )
 from .models import Model, load_model, model_from_json, model_from_yaml  # noqa: E402
+from .registration import register_serializable  # noqa: E402
+from .saving import save_model, to_json, to_yaml  # noqa: E402
 from .weights import LoadReport, Mismatch, load_weights, save_weights  # noqa: E402
 
 __all__ = [
@@ -27,5 +29,9 @@ __all__ = [
     "load_weights",
     "model_from_json",
     "model_from_yaml",
+    "register_serializable",
+    "save_model",
     "save_weights",
+    "to_json",
+    "to_yaml",
 ]

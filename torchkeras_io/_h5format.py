@@ -20,9 +20,9 @@ from typing import Any, Iterable, Optional, Sequence
 import h5py
 import numpy as np
 import torch
-from h5py import h5a, h5d, h5g, h5p, h5s, h5t
+from h5py import h5a, h5d, h5g, h5i, h5l, h5o, h5p, h5s, h5t
 
-from ._tensors import _BLOCK_DTYPES, Lazy, from_numpy, row_blocks, to_numpy, torch_dtype_of
+from ._tensors import _BLOCK_DTYPES, BLOCK_BYTES, Lazy, Transfer, blocks, from_numpy, to_numpy, torch_dtype_of
 from .errors import FileFormatError
 
 HDF5_OBJECT_HEADER_LIMIT = 64512
@@ -79,37 +79,95 @@ def save_attributes(group: h5py.Group, name: str, data: Sequence[str]) -> None:
             group.attrs[f"{name}{i}"] = chunk
 
 
-def load_attributes(group: h5py.Group, name: str, filepath: str) -> Optional[list]:
+def _oid(obj):
+    """The low-level id of an h5py object (high-level objects and ids both accepted)."""
+    return obj.id if isinstance(obj, h5py.HLObject) else obj
+
+
+def _obj_name(oid) -> str:
+    name = h5i.get_name(oid)
+    return name.decode("utf-8", "surrogateescape") if name is not None else ""
+
+
+def _has_attr(oid, name: str) -> bool:
+    return h5a.exists(oid, _encode(name)[0])
+
+
+_VLEN_STR = {h5t.CSET_ASCII: h5py.string_dtype("ascii"), h5t.CSET_UTF8: h5py.string_dtype("utf-8")}
+_VLEN_MTYPE = {cset: h5t.py_create(dt) for cset, dt in _VLEN_STR.items()}
+
+
+def _read_attr(oid, name: str) -> Any:
+    """``obj.attrs[name]`` (h5py's ``AttributeManager.__getitem__``) on a low-level id."""
+    attr = h5a.open(oid, _encode(name)[0])
+    tid = attr.get_type()
+    if tid.get_class() == h5t.STRING and tid.is_variable_str() and tid.get_cset() in _VLEN_STR:
+        # the names and class attributes: variable-length strings, read without the generic
+        # dtype round trips (same result: str values, as h5py gives)
+        space = attr.get_space()
+        kind = space.get_simple_extent_type()
+        if kind == h5s.SCALAR or kind == h5s.SIMPLE:
+            cset = tid.get_cset()
+            arr = np.zeros(space.shape if kind == h5s.SIMPLE else (), dtype=_VLEN_STR[cset])
+            attr.read(arr, mtype=_VLEN_MTYPE[cset])
+            text = [b.decode("utf-8", "surrogateescape") if isinstance(b, bytes) else b for b in arr.flat]
+            if arr.ndim == 0:
+                return text[0]
+            return np.array(text, dtype=_VLEN_STR[cset]).reshape(arr.shape)
+    shape = attr.shape
+    if shape is None:
+        return h5py.Empty(attr.dtype)
+    dtype = attr.dtype
+    htype = h5t.py_create(dtype)
+    if dtype.subdtype is not None:
+        subdtype, subshape = dtype.subdtype
+        shape = attr.shape + subshape
+        dtype = subdtype
+    arr = np.zeros(shape, dtype=dtype, order="C")
+    attr.read(arr, mtype=htype)
+    string_info = h5t.check_string_dtype(dtype)
+    if string_info and string_info.length is None:
+        arr = np.array([b.decode("utf-8", "surrogateescape") for b in arr.flat], dtype=dtype).reshape(arr.shape)
+    if arr.ndim == 0:
+        return arr[()]
+    return arr
+
+
+def load_attributes(group, name: str, filepath: str) -> Optional[list]:
     """Keras's ``load_attributes_from_hdf5_group``: the list, or None when absent."""
+    oid = _oid(group)
     try:
-        if name in group.attrs:
-            raw = group.attrs[name]
-        elif f"{name}0" in group.attrs:
+        if _has_attr(oid, name):
+            raw = _read_attr(oid, name)
+        elif _has_attr(oid, f"{name}0"):
             raw, i = [], 0
-            while f"{name}{i}" in group.attrs:
-                raw.extend(np.asarray(group.attrs[f"{name}{i}"]).tolist())
+            while _has_attr(oid, f"{name}{i}"):
+                raw.extend(np.asarray(_read_attr(oid, f"{name}{i}")).tolist())
                 i += 1
         else:
             return None
     except (OSError, TypeError, ValueError) as exc:
-        raise FileFormatError(f"cannot read attribute '{name}' of '{group.name}': {exc}", filepath=filepath) from exc
+        raise FileFormatError(
+            f"cannot read attribute '{name}' of '{_obj_name(oid)}': {exc}", filepath=filepath
+        ) from exc
     if isinstance(raw, np.ndarray) and raw.size == 0:
         return []
     if isinstance(raw, np.ndarray) and raw.dtype.kind not in "SUO":
-        raise FileFormatError(f"attribute '{name}' of '{group.name}' is not a list of names", filepath=filepath)
+        raise FileFormatError(f"attribute '{name}' of '{_obj_name(oid)}' is not a list of names", filepath=filepath)
     items = decode(raw)
     if isinstance(items, str):
         items = [items]
     if not all(isinstance(x, str) for x in items):
-        raise FileFormatError(f"attribute '{name}' of '{group.name}' is not a list of names", filepath=filepath)
+        raise FileFormatError(f"attribute '{name}' of '{_obj_name(oid)}' is not a list of names", filepath=filepath)
     return items
 
 
-def read_str_attr(obj: h5py.HLObject, name: str, filepath: str) -> Optional[str]:
-    if name not in obj.attrs:
+def read_str_attr(obj, name: str, filepath: str) -> Optional[str]:
+    oid = _oid(obj)
+    if not _has_attr(oid, name):
         return None
     try:
-        value = decode(obj.attrs[name])
+        value = decode(_read_attr(oid, name))
     except (OSError, TypeError, ValueError, UnicodeDecodeError) as exc:
         raise FileFormatError(f"cannot read attribute '{name}': {exc}", filepath=filepath) from exc
     if not isinstance(value, str):
@@ -120,6 +178,9 @@ def read_str_attr(obj: h5py.HLObject, name: str, filepath: str) -> Optional[str]
 # --------------------------------------------------------------------------------------- writer
 _VLEN_ASCII = h5py.string_dtype("ascii")
 _VLEN_UTF8 = h5py.string_dtype("utf-8")
+
+
+_IMPLICIT = object()
 
 
 def _encode(name: str) -> tuple:
@@ -138,7 +199,8 @@ class _Writer:
     property lists, without the per-call overhead that dominates files with many small layers.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, transfer: Optional[Transfer] = None) -> None:
+        self.transfer = transfer
         track_order = h5py.get_config().track_order
         self.dcpl = h5p.create(h5p.DATASET_CREATE)
         self.dcpl.set_obj_track_times(False)
@@ -180,16 +242,22 @@ class _Writer:
             return group, bpath
         parent, name = bpath.rsplit(b"/", 1)
         gid = made.get(parent)
-        if gid is None:
-            if group.links.exists(parent) if b"/" not in parent else _exists(group, parent):
+        if gid is None or gid is _IMPLICIT:
+            # made[None] is the group these paths live in when this writer made it (so only
+            # what ``made`` records exists there); intermediate groups are _IMPLICIT entries
+            if gid is _IMPLICIT or (made.get(None) is not group and _exists(group, parent)):
                 gid = h5py.Group(group).require_group(parent).id
             else:
                 gid = h5g.create(group, parent, lcpl=self.lcpl(h5t.CSET_ASCII), gcpl=self.gcpl)
+                parts = parent.split(b"/")
+                for i in range(1, len(parts)):
+                    made.setdefault(b"/".join(parts[:i]), _IMPLICIT)
             made[parent] = gid
         return gid, name
 
-    def attr(self, obj, name: str, value) -> None:
-        """``obj.attrs[name] = value`` for a str or a list of bytes (others: h5py's own call)."""
+    def attr(self, obj, name: str, value, fresh: bool = False) -> None:
+        """``obj.attrs[name] = value`` for a str or a list of bytes (others: h5py's own call).
+        ``fresh``: ``obj`` was just made here and has no attributes to replace."""
         if isinstance(value, str):
             data, dtype, space = np.array(value, dtype=_VLEN_UTF8), _VLEN_UTF8, self._scalar
         elif isinstance(value, list) and value and all(isinstance(v, bytes) for v in value):
@@ -200,7 +268,7 @@ class _Writer:
             h5py.AttributeManager(h5py.Group(obj) if isinstance(obj, h5g.GroupID) else h5py.Dataset(obj))[name] = value
             return
         bname, _ = _encode(name)
-        if h5a.exists(obj, bname):
+        if not fresh and h5a.exists(obj, bname):
             h5a.delete(obj, bname)
         attr = h5a.create(obj, bname, self.htype(dtype), space)
         try:
@@ -211,38 +279,42 @@ class _Writer:
             raise
         attr.close()
 
-    def names(self, obj, name: str, data: Sequence[str]) -> None:
+    def names(self, obj, name: str, data: Sequence[str], fresh: bool = False) -> None:
         """:func:`save_attributes` on a low-level object."""
         encoded = [s.encode("utf-8") for s in data]
-        if encoded and max(map(len, encoded)) * len(encoded) <= HDF5_OBJECT_HEADER_LIMIT:
-            self.attr(obj, name, encoded)  # fits in one attribute whatever numpy pads it to
+        if encoded and max(1, *map(len, encoded)) * len(encoded) <= HDF5_OBJECT_HEADER_LIMIT:
+            self.attr(obj, name, encoded, fresh)  # fits in one attribute whatever numpy pads it to
         else:
             save_attributes(h5py.Group(obj), name, data)
 
     def dataset(self, group, path: str, lazy: Lazy, made: dict) -> None:
-        """Write one lazy tensor, block by block when it is a view of a CPU tensor."""
+        """Write one lazy tensor, block by block when it is a large view of a CPU tensor."""
         parent, name = self.parent_of(group, path, made)
-        dset = None
-        for start, block in row_blocks(lazy):
+        if lazy.numel() * lazy.dtype.itemsize <= BLOCK_BYTES:
+            value = lazy.read()  # small: one copy is cheaper than any bookkeeping
+            parts = (((0,) * value.dim(), value),)
+        else:
+            parts = blocks(lazy, self.transfer)
+        dset = shape = None
+        for origin, block in parts:
             array, marker = to_numpy(block)
-            if dset is None:
-                whole = tuple(array.shape) == lazy.shape
-                shape = array.shape if whole else lazy.shape
-                dset = h5d.create(
-                    parent, name, self.htype(array.dtype), h5s.create_simple(tuple(shape)), dcpl=self.dcpl
-                )
-                if marker is not None:
-                    self.attr(dset, DTYPE_ATTR, marker)
             array = np.asarray(array, order="C")
-            if tuple(array.shape) == tuple(shape):
+            if dset is None:
+                shape = array.shape if tuple(array.shape) == lazy.shape else lazy.shape
+                dset = h5d.create(parent, name, self.htype(array.dtype), h5s.create_simple(shape), dcpl=self.dcpl)
+                if marker is not None:
+                    self.attr(dset, DTYPE_ATTR, marker, fresh=True)
+            if array.shape == shape:
                 dset.write(h5s.ALL, h5s.ALL, array)
             else:
                 fspace = dset.get_space()
-                fspace.select_hyperslab((start,) + (0,) * (array.ndim - 1), array.shape)
+                fspace.select_hyperslab(origin, array.shape)
                 dset.write(h5s.create_simple(array.shape), fspace, array)
 
 
 def _exists(group, path: bytes) -> bool:
+    if b"/" not in path:
+        return group.links.exists(path)
     try:
         return h5py.Group(group).__contains__(path)
     except (KeyError, ValueError):
@@ -256,29 +328,30 @@ def _write_dataset(group: h5py.Group, path: str, lazy: Lazy) -> None:
 def write_weights_group(group: h5py.Group, layers: Iterable[LayerRecord], top_level: Sequence[Lazy] = ()) -> None:
     """Write the legacy weights layout into ``group`` (file root or ``model_weights``)."""
     layers = list(layers)
-    w = _Writer()
-    save_attributes(group, "layer_names", [layer.name for layer in layers])
-    group.attrs["backend"] = BACKEND.encode("utf-8")
-    group.attrs["keras_version"] = KERAS_VERSION.encode("utf-8")
-    for layer in layers:
-        g = w.group(group.id, layer.name)
-        made: dict = {}
-        names = [f"{layer.name}/{x.name}:0" for x in layer.weights]
-        w.names(g, "weight_names", names)
-        for name, x in zip(names, layer.weights):
+    with Transfer() as transfer:
+        w = _Writer(transfer)
+        save_attributes(group, "layer_names", [layer.name for layer in layers])
+        group.attrs["backend"] = BACKEND.encode("utf-8")
+        group.attrs["keras_version"] = KERAS_VERSION.encode("utf-8")
+        for layer in layers:
+            g = w.group(group.id, layer.name)
+            made: dict = {None: g}
+            names = [f"{layer.name}/{x.name}:0" for x in layer.weights]
+            w.names(g, "weight_names", names, fresh=True)
+            for name, x in zip(names, layer.weights):
+                w.dataset(g, name, x, made)
+            if layer.extras:
+                w.names(g, EXTRA_ATTR, [e.name for e in layer.extras], fresh=True)
+                for e in layer.extras:
+                    w.dataset(g, f"{EXTRA_GROUP}/{e.name}", e, made)
+            for key, value in layer.attrs.items():
+                w.attr(g, key, value, fresh=key not in (EXTRA_ATTR, "weight_names"))
+        g = w.group(group.id, TOP_LEVEL)
+        names = [x.name for x in top_level]
+        w.names(g, "weight_names", names, fresh=True)
+        made = {None: g}
+        for name, x in zip(names, top_level):
             w.dataset(g, name, x, made)
-        if layer.extras:
-            w.names(g, EXTRA_ATTR, [e.name for e in layer.extras])
-            for e in layer.extras:
-                w.dataset(g, f"{EXTRA_GROUP}/{e.name}", e, made)
-        for key, value in layer.attrs.items():
-            w.attr(g, key, value)
-    g = w.group(group.id, TOP_LEVEL)
-    names = [x.name for x in top_level]
-    w.names(g, "weight_names", names)
-    made = {}
-    for name, x in zip(names, top_level):
-        w.dataset(g, name, x, made)
 
 
 # --------------------------------------------------------------------------------------- reader
@@ -290,43 +363,85 @@ class FileLayer:
     attrs: dict
 
 
+_LINK_CLASS = {h5l.TYPE_SOFT: "SoftLink", h5l.TYPE_EXTERNAL: "ExternalLink"}
+
+
 def _resolve(group: h5py.Group, path: str, filepath: str, layer: str) -> h5py.HLObject:
     """Walk ``path`` part by part, refusing links that leave the file or loop."""
+    node = _resolve_id(group.id, path, filepath, layer)
+    if isinstance(node, h5g.GroupID):
+        return h5py.Group(node)
+    if isinstance(node, h5d.DatasetID):
+        return h5py.Dataset(node)
+    return h5py.Datatype(node)
+
+
+def _resolve_id(group, path: str, filepath: str, layer: str, cache: Optional[dict] = None):
+    """:func:`_resolve` on low-level ids (what h5py's ``get(getlink=True)`` and ``[]`` do).
+
+    ``cache`` keeps the groups already walked from ``group`` (by path prefix) for later calls."""
     node = group
     parts = path.split("/")
     if any(p == "" for p in parts):
         raise FileFormatError(f"invalid dataset path '{path}'", filepath=filepath, layer=layer, weight=path)
-    for part in parts:
-        if not isinstance(node, h5py.Group):
+    first = 0
+    if cache:
+        for i in range(len(parts) - 1, 0, -1):
+            hit = cache.get("/".join(parts[:i]))
+            if hit is not None:
+                node, first = hit, i
+                break
+    for i in range(first, len(parts)):
+        part = parts[i]
+        if not isinstance(node, h5g.GroupID):
             raise FileFormatError(f"'{path}' does not name a dataset", filepath=filepath, layer=layer, weight=path)
+        bpart = _encode(part)[0]
         try:
-            link = node.get(part, getlink=True)
+            if part in (".", ".."):  # path syntax rather than link names: h5py's own rules
+                link = h5py.Group(node).get(part, getlink=True)
+                kind = None if link is None else h5l.TYPE_HARD if isinstance(link, h5py.HardLink) else -1
+            else:
+                kind = node.links.get_info(bpart).type if node.links.exists(bpart) else None
         except (KeyError, OSError, RuntimeError, ValueError) as exc:
             raise FileFormatError(f"cannot read '{path}': {exc}", filepath=filepath, layer=layer, weight=path) from exc
-        if link is None:
+        if kind is None:
             raise FileFormatError(f"missing dataset '{path}'", filepath=filepath, layer=layer, weight=path)
-        if not isinstance(link, h5py.HardLink):
+        if kind == -1:
+            raise FileFormatError(f"'{path}' is not a hard link", filepath=filepath, layer=layer, weight=path)
+        if kind != h5l.TYPE_HARD:
+            if kind not in _LINK_CLASS:
+                raise TypeError("Unknown link type")  # what h5py raises
             raise FileFormatError(
-                f"'{path}' is a {type(link).__name__}; only hard links are allowed",
+                f"'{path}' is a {_LINK_CLASS[kind]}; only hard links are allowed",
                 filepath=filepath,
                 layer=layer,
                 weight=path,
             )
         try:
-            node = node[part]
+            node = h5o.open(node, bpart)
         except (KeyError, OSError, RuntimeError, ValueError) as exc:
             raise FileFormatError(f"cannot read '{path}': {exc}", filepath=filepath, layer=layer, weight=path) from exc
+        if cache is not None and i < len(parts) - 1:
+            cache["/".join(parts[: i + 1])] = node
     return node
 
 
-def _dataset_lazy(dset: h5py.Dataset, name: str, filepath: str, layer: str) -> Lazy:
-    if not isinstance(dset, h5py.Dataset):
+def _dataset_lazy(dset, name: str, filepath: str, layer: str, file=None) -> Lazy:
+    """A lazy tensor for a dataset: its metadata checked now, its data read on demand.
+
+    With ``file`` (the open file's id) the dataset is let go and opened again by its path for
+    each read: an open HDF5 dataset holds some 12 KB, which for thousands of small weights
+    outweighs the weights themselves."""
+    dset = _oid(dset)
+    if not isinstance(dset, h5d.DatasetID):
         raise FileFormatError("not a dataset", filepath=filepath, layer=layer, weight=name)
     try:
         dtype = dset.dtype
         shape = dset.shape
         marker = read_str_attr(dset, DTYPE_ATTR, filepath)
-        is_external = dset.external is not None or dset.is_virtual
+        dcpl = dset.get_create_plist()
+        layout = dcpl.get_layout()
+        is_external = dcpl.get_external_count() > 0 or layout == h5d.VIRTUAL
     except (OSError, RuntimeError, ValueError, TypeError) as exc:
         raise FileFormatError(f"unreadable dataset: {exc}", filepath=filepath, layer=layer, weight=name) from exc
     if is_external:
@@ -344,48 +459,74 @@ def _dataset_lazy(dset: h5py.Dataset, name: str, filepath: str, layer: str) -> L
     except (ValueError, TypeError) as exc:
         raise FileFormatError(f"unsupported dtype {dtype}: {exc}", filepath=filepath, layer=layer, weight=name) from exc
 
+    shape = tuple(shape)
+    handle = _Handle(dset, file)
+    if (
+        marker is None
+        and tdtype in _BLOCK_DTYPES
+        and dtype.isnative
+        and layout in (h5d.CONTIGUOUS, h5d.COMPACT)
+        and dcpl.get_nfilters() == 0
+    ):
+        # plain storage of a type numpy and torch share: HDF5 reads straight into torch memory
+        rows = _Rows(handle, shape, tdtype, filepath, layer, name)
+
+        def read_rows():
+            out = torch.empty(shape, dtype=tdtype)
+            rows.read_block((0,) * len(shape), out)
+            return out
+
+        return Lazy(name, shape, tdtype, read_rows, root=rows)
+
     def read():
         try:
-            array = dset[()]
+            array = h5py.Dataset(handle.open())[()]
         except (OSError, RuntimeError, ValueError, TypeError) as exc:
             raise FileFormatError(f"cannot read data: {exc}", filepath=filepath, layer=layer, weight=name) from exc
         return from_numpy(np.asarray(array), marker)
 
-    rows = None
-    if marker is None and tdtype in _BLOCK_DTYPES and dtype.isnative and _plain_layout(dset):
-        rows = _Rows(dset.id, tuple(shape), tdtype, filepath, layer, name)
-    return Lazy(name, shape, tdtype, read, root=rows)
+    return Lazy(name, shape, tdtype, read)
 
 
-def _plain_layout(dset: h5py.Dataset) -> bool:
-    """Contiguous or compact storage without filters: row ranges are cheap to read."""
-    try:
-        dcpl = dset.id.get_create_plist()
-        return dcpl.get_layout() in (h5d.CONTIGUOUS, h5d.COMPACT) and dcpl.get_nfilters() == 0
-    except (OSError, RuntimeError, ValueError):
-        return False
+class _Handle:
+    """A dataset kept open, or (given the file) its path, to open it again when needed."""
+
+    __slots__ = ("dset", "file", "path")
+
+    def __init__(self, dset, file=None) -> None:
+        self.dset = self.file = self.path = None
+        path = h5i.get_name(dset) if file is not None else None
+        if path:
+            self.file, self.path = file, path  # the link was checked: only hard links lead here
+        else:
+            self.dset = dset
+
+    def open(self):
+        return self.dset if self.dset is not None else h5o.open(self.file, self.path)
 
 
 class _Rows:
-    """A dataset as a row source for :meth:`Lazy.read_into`: rows ``[start, stop)`` read by HDF5
-    straight into the caller's (CPU, contiguous) tensor."""
+    """A dataset as a block source for :meth:`Lazy.read_into`: hyperslabs read by HDF5 straight
+    into the caller's (CPU, contiguous) tensor."""
 
-    __slots__ = ("dset", "shape", "dtype", "filepath", "layer", "name")
+    __slots__ = ("handle", "shape", "dtype", "filepath", "layer", "name")
 
-    def __init__(self, dset, shape: tuple, dtype: torch.dtype, filepath: str, layer: str, name: str) -> None:
-        self.dset, self.shape, self.dtype = dset, shape, dtype
+    def __init__(self, handle: _Handle, shape: tuple, dtype: torch.dtype, filepath: str, layer: str, name: str) -> None:
+        self.handle, self.shape, self.dtype = handle, shape, dtype
         self.filepath, self.layer, self.name = filepath, layer, name
 
-    def read_rows(self, start: int, stop: int, out: torch.Tensor) -> None:
+    def read_block(self, origin: tuple, out: torch.Tensor) -> None:
         array = out.detach().numpy()
         try:
-            if not self.shape or (start == 0 and stop == self.shape[0]):
-                self.dset.read(h5s.ALL, h5s.ALL, array)
+            dset = self.handle.open()
+            if tuple(array.shape) == self.shape:
+                if array.size:
+                    dset.read(h5s.ALL, h5s.ALL, array)
             else:
-                fspace = self.dset.get_space()
-                fspace.select_hyperslab((start,) + (0,) * (len(self.shape) - 1), array.shape)
-                self.dset.read(h5s.create_simple(array.shape), fspace, array)
-        except (OSError, RuntimeError, ValueError, TypeError) as exc:
+                fspace = dset.get_space()
+                fspace.select_hyperslab(origin, array.shape)
+                dset.read(h5s.create_simple(array.shape), fspace, array)
+        except (KeyError, OSError, RuntimeError, ValueError, TypeError) as exc:
             raise FileFormatError(
                 f"cannot read data: {exc}", filepath=self.filepath, layer=self.layer, weight=self.name
             ) from exc
@@ -453,17 +594,23 @@ class WeightsReader:
 
     def layer(self, name: str) -> FileLayer:
         """The named layer group, with lazily read weights."""
-        group = _resolve(self.group, name, self.filepath, name) if name else self.group
-        if not isinstance(group, h5py.Group):
+        group = _resolve_id(self.group.id, name, self.filepath, name) if name else self.group.id
+        if not isinstance(group, h5g.GroupID):
             raise FileFormatError("layer entry is not a group", filepath=self.filepath, layer=name)
         weight_names = load_attributes(group, "weight_names", self.filepath)
         if weight_names is None:
             raise FileFormatError("layer group has no 'weight_names' attribute", filepath=self.filepath, layer=name)
-        weights = [_dataset_lazy(_resolve(group, w, self.filepath, name), w, self.filepath, name) for w in weight_names]
+        walked: dict = {}
+        fid = self.file.id
+        weights = [
+            _dataset_lazy(_resolve_id(group, w, self.filepath, name, walked), w, self.filepath, name, fid)
+            for w in weight_names
+        ]
         extras = {}
         for e in load_attributes(group, EXTRA_ATTR, self.filepath) or []:
             path = f"{EXTRA_GROUP}/{e}"
-            extras[e] = _dataset_lazy(_resolve(group, path, self.filepath, name), e, self.filepath, name)
+            dset = _resolve_id(group, path, self.filepath, name, walked)
+            extras[e] = _dataset_lazy(dset, e, self.filepath, name, fid)
         attrs = {}
         for key in ("torch_class", "keras_class"):
             value = read_str_attr(group, key, self.filepath)

@@ -21,6 +21,7 @@ MAX_CONFIG_BYTES = 256 * 1024 * 1024
 class ModelFileInfo:
     model_config: Optional[str]
     training_config: Optional[str]
+    torch_config: Optional[str]
     keras_version: Optional[str]
     backend: Optional[str]
 
@@ -38,6 +39,7 @@ def read_model_file_info(filepath: os.PathLike | str) -> ModelFileInfo:
             out = ModelFileInfo(
                 _attr(f, "model_config", filepath),
                 _attr(f, "training_config", filepath),
+                _attr(f, "torch_config", filepath),
                 read_str_attr(f, "keras_version", filepath),
                 read_str_attr(f, "backend", filepath),
             )

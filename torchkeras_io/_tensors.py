@@ -7,6 +7,7 @@ single byte.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -30,8 +31,9 @@ class Strided:
     """A strided view of a root: the value is ``as_strided(root, shape, stride, offset)``.
 
     ``root`` is a torch tensor (strides and offset count elements from its first element) or a
-    row source (contiguous row-major data, e.g. a dataset) with ``shape``, ``dtype`` and
-    ``read_rows(start, stop, out)``.
+    block source (row-major data, e.g. a dataset) with ``shape``, ``dtype`` and
+    ``read_block(origin, out)``, which fills the contiguous CPU tensor ``out`` with the
+    hyperslab at index ``origin`` of ``out``'s shape.
     """
 
     __slots__ = ("root", "shape", "stride", "offset")
@@ -51,7 +53,7 @@ class Lazy:
 
     A lazy tensor that is a plain tensor, a row source, or a chain of view transforms (``t``,
     ``permute``, ``reshape`` of contiguous data, …) of one also knows its value as a
-    :class:`Strided` view of that root, so :func:`row_blocks` and :meth:`read_into` can move the
+    :class:`Strided` view of that root, so :func:`blocks` and :meth:`read_into` can move the
     data in cache-sized blocks instead of materialising transposed copies.
     """
 
@@ -138,9 +140,10 @@ class Lazy:
         out = _probe(parent, parent_lazy.dtype, fn)
         return out if out is not None and out.shape == self.shape else None
 
-    def read_into(self, target: torch.Tensor) -> None:
-        """``target.copy_(self.read())``, reading a row source block by block straight into
-        ``target`` (no full-size temporary, transposes done per block) when it can."""
+    def read_into(self, target: torch.Tensor, transfer: Optional[Transfer] = None) -> None:
+        """``target.copy_(self.read())``, reading a block source block by block straight into
+        ``target`` (no full-size temporary, transposes done per block) when it can. A
+        :class:`Transfer` shares buffers and threads between the tensors of one load."""
         view = self.strided() if target.device.type == "cpu" else None
         root = view.root if view is not None else None
         if (
@@ -156,10 +159,10 @@ class Lazy:
         if dst is None:
             target.copy_(self.read())
             return
-        _load_rows(root, dst, self.dtype)
+        _load_blocks(root, dst, self.dtype, transfer)
 
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     def __repr__(self) -> str:
         return f"Lazy({self.name!r}, shape={self.shape}, dtype={self.dtype})"
@@ -172,7 +175,7 @@ _BLOCK_DTYPES = frozenset(
 )
 #: bytes per block when data moves in row blocks (a few MB: cache-friendly, and the most memory
 #: a save or load holds beyond the model itself, per buffer)
-BLOCK_BYTES = 4 << 20
+BLOCK_BYTES = 2 << 20
 # torch transposes 2-D blocks with a dedicated kernel only from this many elements on
 _MIN_TRANSPOSE = 60 * 60
 
@@ -226,9 +229,15 @@ def _joint_2d(shape, a_strides, b_strides):
     return out
 
 
-def _copy(dst: torch.Tensor, src: torch.Tensor, scratch: Optional[dict] = None) -> None:
-    """``dst.copy_(src)``; a transposing copy between a contiguous block and a transposed view
-    runs as torch's blocked 2-D transpose kernel (plus a row copy when the view is a slice)."""
+def _copy(
+    dst: torch.Tensor, src: torch.Tensor, scratch: Optional[torch.Tensor] = None, spare_src: bool = False
+) -> None:
+    """``dst.copy_(src)`` for same-shape tensors, one of them contiguous; a transposing copy
+    runs through torch's blocked 2-D transpose kernel instead of an element-wise gather.
+
+    ``scratch``: a flat buffer of at least ``dst.numel()`` elements of ``dst``'s dtype.
+    ``spare_src``: ``src`` is a contiguous buffer whose contents may be overwritten.
+    """
     if dst.dtype == src.dtype and dst.numel() >= _MIN_TRANSPOSE:
         dims = _joint_2d(dst.shape, dst.stride(), src.stride())
         if len(dims) == 2:
@@ -253,30 +262,126 @@ def _copy(dst: torch.Tensor, src: torch.Tensor, scratch: Optional[dict] = None) 
                     tmp.copy_(s2)
                     d2.copy_(tmp)
                 return
+        if len(dims) == 3:
+            # (a, b, c) with the dims in reverse memory order on one side: a convolution
+            # kernel, Keras (k, in, out) <-> torch (out, in, k). Two row copies and one 2-D
+            # transpose, each streaming through memory.
+            (a, d0, s0), (b, d1, s1), (c, d2, s2) = dims
+            contiguous = (b * c, c, 1)
+            if (d0, d1, d2) == contiguous and (s0, s1) == (1, a) and s2 >= a * b:  # save
+                tmp = _scratch(scratch, (b * a, c), dst.dtype)
+                staged = dst.view(-1)[: a * b * c].view(c, b, a)  # dst is the staging buffer
+                staged.copy_(src.as_strided((c, b, a), (s2, s1, s0)))
+                tmp.copy_(staged.view(c, b * a).t())
+                dst.as_strided((a, b, c), contiguous).copy_(tmp.view(b, a, c).permute(1, 0, 2))
+                return
+            if spare_src and (s0, s1, s2) == contiguous and (d0, d1) == (1, a) and d2 >= a * b:  # load
+                tmp = _scratch(scratch, (b, a, c), dst.dtype)
+                tmp.copy_(src.as_strided((a, b, c), contiguous).permute(1, 0, 2))
+                staged = src.as_strided((c, b * a), (b * a, 1))  # src is free: the staging buffer
+                staged.copy_(tmp.view(b * a, c).t())
+                dst.as_strided((c, b, a), (d2, d1, d0)).copy_(staged.view(c, b, a))
+                return
     dst.copy_(src)
 
 
-def _scratch(cache: Optional[dict], shape: tuple, dtype: torch.dtype) -> torch.Tensor:
-    n = int(np.prod(shape))
-    if cache is None:
+def _scratch(buf: Optional[torch.Tensor], shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    n = math.prod(shape)
+    if buf is None or buf.numel() < n or buf.dtype != dtype:
         return torch.empty(shape, dtype=dtype)
-    buf = cache.get(dtype)
-    if buf is None or buf.numel() < n:
-        buf = cache[dtype] = torch.empty(n, dtype=dtype)
     return buf[:n].view(shape)
 
 
-def _block_rows(shape: tuple, itemsize: int, max_bytes: int) -> int:
-    row = int(np.prod(shape[1:], dtype=np.int64)) * itemsize
-    return max(1, max_bytes // max(row, 1))
+class Transfer:
+    """The block buffers and worker threads of one save or load, shared by all its tensors.
+
+    Made once per call (``with Transfer() as t:``) so that memory and threads are not made
+    and freed per tensor: freed block buffers interleaved with HDF5's small allocations would
+    fragment the heap and stay resident. Everything goes when the ``with`` block ends.
+    """
+
+    def __init__(self, max_bytes: Optional[int] = None) -> None:
+        self.max_bytes = max_bytes or BLOCK_BYTES
+        self.workers = _workers()
+        self._slots: list = []
+        self._pool = None
+
+    def slots(self) -> list:
+        """``workers + 1`` pairs of byte buffers (block, scratch) of ``max_bytes`` each."""
+        if not self._slots:
+            for _ in range(self.workers + 1):
+                block, scratch = (torch.empty(self.max_bytes, dtype=torch.uint8) for _ in range(2))
+                self._slots.append((block, scratch))
+        return self._slots
+
+    def pool(self):
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="torchkeras_io")
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._slots = []
+
+    def __enter__(self) -> Transfer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def row_blocks(lazy: Lazy, max_bytes: int = BLOCK_BYTES):
-    """The value of ``lazy`` as ``(first row, contiguous CPU tensor)`` blocks along dim 0, in order.
+def _workers() -> int:
+    """Threads that copy blocks: the CPUs torch may use, at most 2 (the copies are memory-bound)."""
+    return max(1, min(2, torch.get_num_threads()))
 
-    A value that is a strided view of a CPU tensor never exists as a whole: each block is
-    copied (transposed) from the tensor while the caller consumes the previous one. Any other
-    value is one block, ``lazy.read()``. A yielded block is only valid until the next one.
+
+def _typed(raw: torch.Tensor, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """A contiguous tensor of ``shape`` and ``dtype`` at the start of the byte buffer ``raw``."""
+    return raw[: math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+
+
+class _Plan:
+    """How a tensor of ``shape`` splits into blocks: slabs ``[start, start + step)`` along
+    ``dim`` with every other dim whole, each at most ``max_bytes``. ``dim`` is the first one
+    whose slabs leave at most 64 contiguous runs in the row-major data
+    (``prod(shape[:dim])``): dim 0 for a Dense kernel, the input channels of a
+    ``(kh, kw, in, out)`` Conv2D kernel. ``dim`` is None when no dim gives blocks smaller
+    than the whole."""
+
+    __slots__ = ("dim", "step", "starts")
+
+    def __init__(self, shape: tuple, itemsize: int, max_bytes: int, workers: int) -> None:
+        self.dim = self.step = None
+        self.starts = []
+        runs = 1
+        for d, size in enumerate(shape):
+            if runs > 64:
+                break
+            slab = math.prod(shape) // max(size, 1) * itemsize  # bytes of one index along d
+            if slab <= max_bytes and (workers + 1) * (max_bytes // slab) < size:
+                self.dim, self.step = d, max_bytes // slab
+                self.starts = list(range(0, size, self.step))
+                return
+            runs *= size
+
+    def origin(self, ndim: int, start: int) -> tuple:
+        return tuple(start if d == self.dim else 0 for d in range(ndim))
+
+    def slab(self, t: torch.Tensor, start: int) -> torch.Tensor:
+        return t.narrow(self.dim, start, min(self.step, t.shape[self.dim] - start))
+
+
+def blocks(lazy: Lazy, transfer: Optional[Transfer] = None):
+    """The value of ``lazy`` as ``(origin, contiguous CPU tensor)`` blocks, in order: each block
+    is the hyperslab of the value at index ``origin`` with the block's shape.
+
+    A value that is a strided view of a CPU tensor never exists as a whole: blocks are copied
+    (transposed) from the tensor by worker threads while the caller consumes earlier ones. Any
+    other value is one block, ``lazy.read()``. A yielded block is only valid until the next one.
     """
     view = lazy.strided()
     if (
@@ -286,55 +391,53 @@ def row_blocks(lazy: Lazy, max_bytes: int = BLOCK_BYTES):
         or lazy.dtype not in _BLOCK_DTYPES
         or view.root.dtype != lazy.dtype
     ):
-        yield 0, lazy.read()
+        value = lazy.read()
+        yield (0,) * value.dim(), value
         return
     value = _strided_tensor(view)
+    zero = (0,) * value.dim()
     if value.dim() == 0 or value.is_contiguous():
-        yield 0, value
+        yield zero, value
         return
-    rows = value.shape[0]
-    step = _block_rows(value.shape, value.element_size(), max_bytes)
-    if step >= rows:
-        yield 0, value.contiguous()
+    if transfer is None:
+        with Transfer() as transfer:
+            yield from blocks(lazy, transfer)
         return
-    yield from _prefetched(_copied_rows(value, step))
+    plan = _Plan(tuple(value.shape), value.element_size(), transfer.max_bytes, transfer.workers)
+    if plan.dim is None:
+        yield zero, value.contiguous()
+        return
+    slots, pool, workers = transfer.slots(), transfer.pool(), transfer.workers
+
+    def produce(k: int) -> torch.Tensor:
+        raw, scratch = slots[k % len(slots)]
+        src = plan.slab(value, plan.starts[k])
+        buf = _typed(raw, tuple(src.shape), value.dtype)
+        _copy(buf, src, scratch.view(value.dtype))
+        return buf
+
+    # block k is consumed while blocks k+1 .. k+workers are made: workers + 1 buffers
+    n = len(plan.starts)
+    futures = [pool.submit(produce, k) for k in range(min(workers, n))]
+    try:
+        for k, start in enumerate(plan.starts):
+            buf = futures[k].result()
+            if k + workers < n:
+                futures.append(pool.submit(produce, k + workers))
+            yield plan.origin(value.dim(), start), buf
+    finally:
+        _drain(futures)
 
 
-def _copied_rows(value: torch.Tensor, step: int):
-    rows = value.shape[0]
-    bufs = [torch.empty((min(step, rows),) + tuple(value.shape[1:]), dtype=value.dtype) for _ in range(2)]
-    scratch: dict = {}
-    for k, start in enumerate(range(0, rows, step)):
-        stop = min(rows, start + step)
-        buf = bufs[k % 2][: stop - start]
-        _copy(buf, value[start:stop], scratch)
-        yield start, buf
-
-
-_END = object()
-
-
-def _prefetched(blocks):
-    """Iterate ``blocks`` with the next item computed on a worker thread meanwhile (two
-    buffers: the generator must not reuse a block's memory before the one after next)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    it = iter(blocks)
-    with ThreadPoolExecutor(1, thread_name_prefix="torchkeras_io") as pool:
-        future = pool.submit(next, it, _END)
+def _drain(futures) -> None:
+    """Wait for every started block (after an error, so no thread still touches the buffers)."""
+    for f in futures:
+        f.cancel()
+    for f in futures:
         try:
-            while True:
-                item = future.result()
-                if item is _END:
-                    return
-                future = pool.submit(next, it, _END)
-                yield item
-        finally:
-            future.cancel()
-            try:
-                future.result()
-            except BaseException:  # noqa: BLE001 - the consumer's own error wins
-                pass
+            f.result()
+        except BaseException:  # noqa: BLE001 - the first error has been raised already
+            pass
 
 
 def _in_root_order(target: torch.Tensor, view: Strided, root_shape: tuple) -> Optional[torch.Tensor]:
@@ -342,7 +445,7 @@ def _in_root_order(target: torch.Tensor, view: Strided, root_shape: tuple) -> Op
     ``d[i] == target's element that comes from root[i]``; None unless ``view`` visits every root
     element exactly once (a permutation of a reshape)."""
     shape, stride = view.shape, view.stride
-    if view.offset != 0 or int(np.prod(shape, dtype=np.int64)) != int(np.prod(root_shape, dtype=np.int64)):
+    if view.offset != 0 or math.prod(shape) != math.prod(root_shape):
         return None
     dims = sorted((i for i in range(len(shape)) if shape[i] != 1), key=lambda i: -stride[i])
     expect = 1
@@ -357,49 +460,41 @@ def _in_root_order(target: torch.Tensor, view: Strided, root_shape: tuple) -> Op
         return None
 
 
-def _load_rows(source, dst: torch.Tensor, dtype: torch.dtype, max_bytes: int = BLOCK_BYTES) -> None:
-    """Fill ``dst`` (shaped like ``source``) from ``source`` in row blocks: straight into ``dst``
-    when its layout and dtype match, else through two block buffers, copying (transposing) one
-    block on a worker thread while the next is read."""
-    if dst.dim() == 0:
-        buf = torch.empty((), dtype=dtype)
-        source.read_rows(0, 1, buf)
-        dst.copy_(buf)
+def _load_blocks(source, dst: torch.Tensor, dtype: torch.dtype, transfer: Optional[Transfer]) -> None:
+    """Fill ``dst`` (shaped like ``source``) from ``source``: straight into ``dst`` when its
+    layout and dtype match, else block by block through small buffers, copying (transposing)
+    blocks on worker threads while the next ones are read."""
+    if dst.numel() == 0:
         return
-    rows = dst.shape[0]
+    zero = (0,) * dst.dim()
     if dst.dtype == dtype and dst.is_contiguous():
-        source.read_rows(0, rows, dst)
+        source.read_block(zero, dst)
         return
-    step = _block_rows(tuple(dst.shape), torch.empty((), dtype=dtype).element_size(), max_bytes)
-    if step >= rows:
+    if transfer is None:
+        with Transfer() as transfer:
+            return _load_blocks(source, dst, dtype, transfer)
+    plan = _Plan(tuple(dst.shape), dtype.itemsize, transfer.max_bytes, transfer.workers)
+    if plan.dim is None:
         buf = torch.empty(tuple(dst.shape), dtype=dtype)
-        source.read_rows(0, rows, buf)
-        _copy(dst, buf)
+        source.read_block(zero, buf)
+        _copy(dst, buf, None, True)
         return
-    from concurrent.futures import ThreadPoolExecutor
-
-    bufs = [torch.empty((step,) + tuple(dst.shape[1:]), dtype=dtype) for _ in range(2)]
-    scratch: dict = {}
-    pending = []
-    with ThreadPoolExecutor(1, thread_name_prefix="torchkeras_io") as pool:
-        try:
-            for k, start in enumerate(range(0, rows, step)):
-                stop = min(rows, start + step)
-                if k >= 2:
-                    pending[k - 2].result()  # that block is copied: its buffer is free again
-                buf = bufs[k % 2][: stop - start]
-                source.read_rows(start, stop, buf)
-                pending.append(pool.submit(_copy, dst[start:stop], buf, scratch))
-        except BaseException:
-            for f in pending[-2:]:
-                f.cancel()
-                try:
-                    f.result()
-                except BaseException:  # noqa: BLE001 - the read error is the one to report
-                    pass
-            raise
-        for f in pending[-2:]:
-            f.result()
+    slots, pool = transfer.slots(), transfer.pool()
+    futures = []
+    try:
+        for k, start in enumerate(plan.starts):
+            if k >= len(slots):
+                futures[k - len(slots)].result()  # that block is copied: its buffer is free
+            raw, scratch = slots[k % len(slots)]
+            part = plan.slab(dst, start)
+            buf = _typed(raw, tuple(part.shape), dtype)
+            source.read_block(plan.origin(dst.dim(), start), buf)
+            futures.append(pool.submit(_copy, part, buf, scratch.view(dtype), True))
+    except BaseException:
+        _drain(futures)
+        raise
+    for f in futures:
+        f.result()
 
 
 def to_numpy(tensor: torch.Tensor) -> tuple[np.ndarray, Optional[str]]:

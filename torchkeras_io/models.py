@@ -16,6 +16,7 @@ from ._h5model import read_model_file_info
 from ._keras.config import parse_model_config
 from ._keras.graph import KerasGraph, build_graph
 from .errors import FileFormatError, TorchKerasIOError, TorchKerasIOWarning, WeightMismatchError
+from .registration import lookup
 from .weights import LoadReport, load_weights, save_weights
 
 CustomObjects = Optional[dict]
@@ -82,7 +83,9 @@ class Model(nn.Module):
 def _build(config, keras_version, custom_objects, safe_mode, filepath=None) -> Model:
     model_def = parse_model_config(config, keras_version)
     ctx = BuildContext(model_def.generation, dict(custom_objects or {}), bool(safe_mode), filepath)
-    return Model(build_graph(model_def, ctx))
+    graph = build_graph(model_def, ctx)
+    graph.keras_config = json.loads(config) if isinstance(config, (str, bytes)) else config
+    return Model(graph)
 
 
 def model_from_json(json_string: Union[str, bytes], *, custom_objects: CustomObjects = None,
@@ -114,6 +117,8 @@ def load_model(filepath: Union[str, os.PathLike], *, custom_objects: CustomObjec
     """Load a Keras full-model HDF5 file as a native torch model with its weights."""
     filepath = os.fspath(filepath)
     info = read_model_file_info(filepath)
+    if info.model_config is None and info.torch_config is not None:
+        return _load_torch_record(filepath, info.torch_config, custom_objects, device)
     if info.model_config is None:
         raise FileFormatError("no 'model_config' attribute: this is a weights-only file; build the model "
                               "(model_from_json or your own module) and use load_weights", filepath=filepath)  # fmt: skip
@@ -133,5 +138,28 @@ def load_model(filepath: Union[str, os.PathLike], *, custom_objects: CustomObjec
     if compile and info.training_config:
         warnings.warn(f"{filepath}: restoring the training configuration (optimizer, loss) is not supported yet; "
                       "the model is returned uncompiled", TorchKerasIOWarning, stacklevel=2)  # fmt: skip
+    model.eval()
+    return model
+
+
+def _load_torch_record(filepath: str, record_json: str, custom_objects: CustomObjects, device) -> Model:
+    """A module saved with a torch-side record: rebuilt from a registered class, never imported."""
+    try:
+        record = json.loads(record_json)
+        key, config = record["registered_name"], record["config"]
+        if not isinstance(key, str) or not isinstance(config, dict):
+            raise TypeError("bad record")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FileFormatError(f"unreadable 'torch_config' attribute: {exc}", filepath=filepath) from exc
+    factory = lookup(key, custom_objects)
+    if factory is None:
+        raise TorchKerasIOError(f"the file holds a torch module registered as '{key}'; register its class with "
+                                "@torchkeras_io.register_serializable() or pass custom_objects={"
+                                f"'{key}': cls}}", filepath=filepath)  # fmt: skip
+    module = factory(**config)
+    report = load_weights(module, filepath, by_name=True, device=device)
+    if report.missing or report.unexpected or report.mismatched:
+        raise WeightMismatchError(f"the weights do not fit the rebuilt '{key}':\n{report}", filepath=filepath)
+    model = Model(module)
     model.eval()
     return model

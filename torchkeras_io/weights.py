@@ -16,6 +16,7 @@ from ._adapters import FileInfo
 from ._atomic import atomic_write_path
 from ._h5format import LayerRecord, WeightsReader, write_weights_group
 from ._plan import LayerNames, Slot, plan
+from ._tensors import Transfer
 from .errors import TorchKerasIOError, TorchKerasIOWarning, WeightMismatchError
 
 Device = Union[str, torch.device, None]
@@ -225,9 +226,12 @@ def load_weights(
                 assignments.append((target, lazy))
             report.loaded.append(slot.name)
 
-        with torch.no_grad():
+        with torch.no_grad(), Transfer() as transfer:
             for target, lazy in assignments:
-                lazy.read_into(target)
+                lazy.read_into(target, transfer)
+        # let go of the file's objects before it closes: closing a file that still has thousands
+        # of open datasets costs more than the load
+        del assignments, pairs, file_layers, file_top
     return report
 
 
@@ -237,12 +241,13 @@ def _pair(slots, file_layers: dict, by_name: bool, report: LoadReport, filepath:
         used = set()
         pairs = []
         for slot in slots:
-            layer = file_layers.get(slot.name)
+            # module paths have dots; Keras 3 layer names can't (exported models use '_')
+            layer = file_layers.get(slot.name) or file_layers.get(slot.name.replace(".", "_"))
             if layer is None or not layer.weights:
                 report.missing.append(slot.name)
             else:
                 pairs.append((slot, layer))
-                used.add(slot.name)
+                used.add(layer.name)
         report.unexpected.extend(layer.name for layer in weighted if layer.name not in used)
         return pairs
     if len(weighted) != len(slots):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import core, merge, pooling, reshaping  # noqa: F401  (register their config builders)
+from . import core, merge, ops, pooling, reshaping  # noqa: F401  (register their config builders)
 from .activation import PReLUAdapter
-from .attention import MultiheadAttentionAdapter
+from .attention import EinsumMultiHeadAttentionAdapter, MultiheadAttentionAdapter
 from .base import Adapter, FileInfo, KerasLayer, direct_tensors
 from .conv import ConvAdapter, ConvTransposeAdapter, SeparableConvAdapter
 from .dense import DenseAdapter
@@ -27,6 +27,7 @@ ADAPTERS: list = [
     PReLUAdapter(),
     RecurrentAdapter(),
     MultiheadAttentionAdapter(),
+    EinsumMultiHeadAttentionAdapter(),
 ]
 GENERIC = GenericAdapter()
 

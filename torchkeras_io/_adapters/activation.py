@@ -12,7 +12,7 @@ from torch import nn
 
 from ..modules import HardSigmoidTF, KerasReLU, ThresholdedReLU
 from .base import Adapter, KerasLayer, lazy_param, owns_exactly
-from .registry import Built, builds, unsupported
+from .registry import Built, WeightSource, builds, exports, unsupported
 
 
 class PReLUAdapter(Adapter):
@@ -45,6 +45,39 @@ class _Exp(nn.Module):
         return torch.exp(x)
 
 
+class _Fn(nn.Module):
+    """A Keras 3 element-wise activation torch.nn has no module for (by name)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    def forward(self, x):
+        if self.name == "squareplus":  # b = 4, Keras's default
+            return (x + torch.sqrt(x * x + 4.0)) / 2
+        if self.name == "sparse_plus":
+            return torch.where(x <= -1, torch.zeros_like(x), torch.where(x < 1, 0.25 * (x + 1) ** 2, x))
+        if self.name == "sparse_sigmoid":
+            return torch.clamp(0.5 * (x + 1), 0.0, 1.0)
+        raise ValueError(f"unknown activation '{self.name}'")
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+class _Sparsemax(nn.Module):
+    """Keras 3 ``sparsemax`` over the last axis."""
+
+    def forward(self, x):
+        z, _ = torch.sort(x, dim=-1, descending=True)
+        cumsum = torch.cumsum(z, dim=-1)
+        r = torch.arange(1, x.shape[-1] + 1, device=x.device, dtype=x.dtype)
+        support = z - (cumsum - 1) / r > 0
+        k = support.sum(dim=-1, keepdim=True)
+        tau = (torch.where(support, cumsum, torch.zeros_like(cumsum)).sum(dim=-1, keepdim=True) - 1) / k
+        return torch.clamp(x - tau, min=0.0)
+
+
 def activation_module(spec, generation: int) -> tuple:
     """(module, layout) for a Keras activation given by name (or serialized function)."""
     name = spec
@@ -57,6 +90,10 @@ def activation_module(spec, generation: int) -> tuple:
     name = name.rsplit(">", 1)[-1].rsplit(".", 1)[-1]
     if name in ("softmax", "log_softmax"):
         return (nn.Softmax(dim=-1) if name == "softmax" else nn.LogSoftmax(dim=-1)), "cl"
+    if name in ("glu", "sparsemax"):  # over the last axis, like softmax
+        return (nn.GLU(dim=-1) if name == "glu" else _Sparsemax()), "cl"
+    if name in ("squareplus", "sparse_plus", "sparse_sigmoid"):
+        return _Fn(name), "any"
     if name == "hard_sigmoid":
         return (HardSigmoidTF() if generation <= 2 else nn.Hardsigmoid()), "any"
     table = {
@@ -65,7 +102,8 @@ def activation_module(spec, generation: int) -> tuple:
         "swish": nn.SiLU, "silu": nn.SiLU, "gelu": nn.GELU, "mish": nn.Mish, "exponential": _Exp,
         "hard_silu": nn.Hardswish, "hard_swish": nn.Hardswish,
         "leaky_relu": lambda: nn.LeakyReLU(0.2), "tanh_shrink": nn.Tanhshrink, "celu": nn.CELU,
-        "log_sigmoid": nn.LogSigmoid,
+        "log_sigmoid": nn.LogSigmoid, "hard_tanh": nn.Hardtanh, "hard_shrink": lambda: nn.Hardshrink(0.5),
+        "soft_shrink": lambda: nn.Softshrink(0.5),
     }  # fmt: skip
     if name not in table:
         raise ValueError(f"unknown activation '{name}'")
@@ -160,3 +198,91 @@ def _prelu(layer, in_shapes, ctx):
         n = alpha[-1]
         return Built(nn.PReLU(n, init=0.0), "cf" if len(shape) >= 2 and n > 1 else "cl", "")
     return Built(KerasPReLU(alpha), "cl", "")
+
+
+# ------------------------------------------------------------------------------- torch -> config
+_SIMPLE = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.SELU: "selu", nn.SiLU: "swish",
+           nn.Softplus: "softplus", nn.Softsign: "softsign"}  # fmt: skip
+
+
+@exports(*_SIMPLE)
+def _export_simple(ctx, node, module, args, kwargs, value):
+    if isinstance(module, nn.Softplus) and module.beta != 1:
+        raise ctx.fail("Softplus with beta != 1")
+    x = args[0]
+    return ctx.add1("Activation", {"activation": _SIMPLE[type(module)]}, x, tuple(value.shape), x.perm,
+                    name=ctx.layer_name(node))  # fmt: skip
+
+
+@exports(nn.GELU)
+def _export_gelu(ctx, node, module, args, kwargs, value):
+    if module.approximate != "none":
+        raise ctx.fail("tanh-approximate GELU has no activation that tf-keras and Keras 3 both read")
+    return ctx.add1("Activation", {"activation": "gelu"}, args[0], tuple(value.shape), args[0].perm,
+                    name=ctx.layer_name(node))  # fmt: skip
+
+
+@exports(nn.ReLU6)
+def _export_relu6(ctx, node, module, args, kwargs, value):
+    return ctx.add1("ReLU", {"max_value": 6.0}, args[0], tuple(value.shape), args[0].perm, name=ctx.layer_name(node))
+
+
+@exports(nn.LeakyReLU)
+def _export_leaky(ctx, node, module, args, kwargs, value):
+    # "alpha": the tf-keras name, which Keras 3 still accepts
+    return ctx.add1("LeakyReLU", {"alpha": float(module.negative_slope)}, args[0], tuple(value.shape), args[0].perm,
+                    name=ctx.layer_name(node))  # fmt: skip
+
+
+@exports(nn.ELU)
+def _export_elu(ctx, node, module, args, kwargs, value):
+    return ctx.add1("ELU", {"alpha": float(module.alpha)}, args[0], tuple(value.shape), args[0].perm,
+                    name=ctx.layer_name(node))  # fmt: skip
+
+
+@exports(nn.Softmax)
+def _export_softmax(ctx, node, module, args, kwargs, value):
+    if module.dim is None:
+        raise ctx.fail("Softmax without an explicit dim")
+    x = args[0]
+    return ctx.add1("Softmax", {"axis": x.keras_axis(module.dim)}, x, tuple(value.shape), x.perm,
+                    name=ctx.layer_name(node))  # fmt: skip
+
+
+def _hard_sigmoid(ctx, x, shape, name):
+    """relu6(x + 3) / 6 from layers both Keras generations have (their hard_sigmoid differ)."""
+    t = ctx.add1("Rescaling", {"scale": 1.0, "offset": 3.0}, x, shape, x.perm, name=f"{name}_shift")
+    t = ctx.add1("ReLU", {"max_value": 6.0}, t, shape, x.perm, name=f"{name}_relu6")
+    return ctx.add1("Rescaling", {"scale": 1.0 / 6.0, "offset": 0.0}, t, shape, x.perm, name=name)
+
+
+@exports(nn.Hardsigmoid)
+def _export_hardsigmoid(ctx, node, module, args, kwargs, value):
+    return _hard_sigmoid(ctx, args[0], tuple(value.shape), ctx.layer_name(node))
+
+
+@exports(nn.Hardswish)
+def _export_hardswish(ctx, node, module, args, kwargs, value):
+    x, name = args[0], ctx.layer_name(node)
+    gate = _hard_sigmoid(ctx, x, tuple(value.shape), f"{name}_gate")
+    return ctx.add("Multiply", {}, [x, gate], [(tuple(value.shape), x.perm, x.dtype)], name=name)[0]
+
+
+@exports(nn.Mish)
+def _export_mish(ctx, node, module, args, kwargs, value):
+    x, name, shape = args[0], ctx.layer_name(node), tuple(value.shape)
+    t = ctx.add1("Activation", {"activation": "softplus"}, x, shape, x.perm, name=f"{name}_softplus")
+    t = ctx.add1("Activation", {"activation": "tanh"}, t, shape, x.perm, name=f"{name}_tanh")
+    return ctx.add("Multiply", {}, [x, t], [(shape, x.perm, x.dtype)], name=name)[0]
+
+
+@exports(nn.PReLU)
+def _export_prelu(ctx, node, module, args, kwargs, value):
+    x = args[0]
+    rank = x.rank
+    x = ctx.as_channels_last(x) if rank >= 3 else ctx.as_torch(x)
+    n = module.weight.numel()
+    shared = list(range(1, rank - 1)) if n > 1 else list(range(1, rank))
+    source = WeightSource("", module, PReLUAdapter(), 0, {"input_rank": rank})
+    return ctx.add1("PReLU", {"shared_axes": shared or None}, x, tuple(value.shape), x.perm,
+                    name=ctx.layer_name(node), module=module, weights=source)  # fmt: skip

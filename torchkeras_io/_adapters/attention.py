@@ -1,9 +1,13 @@
-"""nn.MultiheadAttention <-> MultiHeadAttention.
+"""Attention: nn.MultiheadAttention / EinsumMultiHeadAttention <-> MultiHeadAttention, and the
+config builders of MultiHeadAttention, Attention and AdditiveAttention.
 
 Keras keeps four EinsumDense sub-layers (query, key, value, attention_output) with kernels
 ``(E_in, H, d)`` and ``(H, d, E)`` and biases ``(H, d)`` / ``(E,)``. torch packs q, k, v into
 ``in_proj_weight (3E, E)`` (or separate ``q/k/v_proj_weight`` when kdim/vdim differ) with heads
 as contiguous row blocks, and keeps the output projection in the ``out_proj`` Linear child.
+Layers nn.MultiheadAttention cannot compute (``key_dim`` or ``value_dim`` other than E/H, an
+``output_shape``, no biases, a gate, attention over other axes) are built as
+:class:`~torchkeras_io.modules.EinsumMultiHeadAttention`, whose projections keep Keras's shapes.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import torch
 from torch import nn
 
 from .._tensors import Lazy
-from .base import Adapter, KerasLayer, combine, direct_tensors
+from ..modules import DotAttention, EinsumMultiHeadAttention, MultiHeadAttention
+from .base import Adapter, KerasLayer, combine, direct_tensors, lazy_param
+from .registry import Built, builds, unsupported
 
 
 class MultiheadAttentionAdapter(Adapter):
@@ -99,3 +105,119 @@ class MultiheadAttentionAdapter(Adapter):
         if has_bias:
             out["out_proj.bias"] = weights[3 * step + 1]
         return out
+
+
+class EinsumMultiHeadAttentionAdapter(Adapter):
+    """EinsumMultiHeadAttention <-> MultiHeadAttention: the projections hold Keras's own shapes."""
+
+    family = "attention"
+    claims_children = True
+
+    def match(self, module):
+        return isinstance(module, EinsumMultiHeadAttention)
+
+    @staticmethod
+    def _parts(module):
+        return ["query", "key"] + (["gate"] if module.gate is not None else []) + ["value", "attention_output"]
+
+    def export(self, module, ctx=None):
+        weights = []
+        for name in self._parts(module):
+            proj = getattr(module, name)
+            weights.append(lazy_param(proj, "kernel", f"{name}/kernel"))
+            if proj.bias is not None:
+                weights.append(lazy_param(proj, "bias", f"{name}/bias"))
+        return [KerasLayer("MultiHeadAttention", weights)]
+
+    def load(self, module, index, weights, extras):
+        names = []
+        for name in self._parts(module):
+            names.append(f"{name}.kernel")
+            if getattr(module, name).bias is not None:
+                names.append(f"{name}.bias")
+        return dict(zip(names, weights))
+
+
+# ------------------------------------------------------------------------------- config -> torch
+def _last_dim(layer, shape, what: str) -> int:
+    if not shape or shape[-1] is None:
+        raise unsupported(layer, f"the {what}'s last axis is unknown: {shape}")
+    return int(shape[-1])
+
+
+def _mha_shapes(layer, in_shapes) -> tuple:
+    """Shapes of query, value and key: positional inputs (Keras 3), else the config (tf.keras)."""
+    c = layer.config
+    query = in_shapes[0] if in_shapes else c.get("query_shape")
+    value = in_shapes[1] if len(in_shapes) > 1 else c.get("value_shape")
+    key = in_shapes[2] if len(in_shapes) > 2 else (c.get("key_shape") if len(in_shapes) < 2 else None)
+    if query is None or value is None:
+        raise unsupported(layer, "the shapes of query and value are unknown (value passed by keyword, and the "
+                                 "config has no value_shape)")  # fmt: skip
+    return tuple(query), tuple(value), tuple(key) if key is not None else tuple(value)
+
+
+def _attention_axes(layer, value, query_rank: int, generation: int):
+    """The attended axes of the projected tensors, None for Keras's default (every inner axis)."""
+    if value is None:
+        return None
+    axes = [value] if isinstance(value, int) else list(value)
+    proj_rank = query_rank + 1
+    # Keras 3 counts negative axes from the last non-feature axis; tf.keras (numpy) from the end
+    out = tuple(sorted({int(a) if a >= 0 else (proj_rank - 1 if generation >= 3 else proj_rank) + int(a)
+                        for a in axes}))  # fmt: skip
+    if not out or not all(1 <= a <= query_rank - 2 for a in out):
+        raise unsupported(layer, f"attention_axes {value} for rank-{query_rank} inputs")
+    return None if out == tuple(range(1, query_rank - 1)) else out
+
+
+@builds("MultiHeadAttention")
+def _multi_head_attention(layer, in_shapes, ctx):
+    c = layer.config
+    heads, key_dim = int(c["num_heads"]), int(c["key_dim"])
+    value_dim = int(c.get("value_dim") or key_dim)
+    query, value, key = _mha_shapes(layer, in_shapes)
+    e = _last_dim(layer, query, "query")
+    ev, ek = _last_dim(layer, value, "value"), _last_dim(layer, key, "key")
+    out_shape = c.get("output_shape")
+    out_shape = (e,) if not out_shape else ((int(out_shape),) if isinstance(out_shape, int) else tuple(out_shape))
+    use_bias, use_gate = bool(c.get("use_bias", True)), bool(c.get("use_gate", False))
+    axes = _attention_axes(layer, c.get("attention_axes"), len(query), ctx.generation)
+    window = c.get("sliding_window")
+    window = None if window is None else int(window)
+    dropout = float(c.get("dropout") or 0.0)
+    if ctx.generation >= 3:
+        mode, zero = "add", True
+    else:
+        mode, zero = ("replace" if c.get("softmax_robust_masking") else "add"), False
+    exact_torch = (key_dim == value_dim and key_dim * heads == e and out_shape == (e,) and use_bias and not use_gate
+                   and axes is None and len(query) == 3 and len(value) == 3 and len(key) == 3 and mode == "add")  # fmt: skip
+    if exact_torch:
+        module = MultiHeadAttention(e, heads, kdim=ek, vdim=ev, sliding_window=window, zero_if_explicit=zero,
+                                    dropout=dropout)  # fmt: skip
+        return Built(module, "cl", "attention", mask="consume")
+    module = EinsumMultiHeadAttention(e, ek, ev, heads, key_dim, value_dim, out_shape, use_bias=use_bias,
+                                      use_gate=use_gate, attention_axes=axes, sliding_window=window, mask_mode=mode,
+                                      zero_if_explicit=zero, dropout=dropout)  # fmt: skip
+    return Built(module, "cl", "", mask="consume")
+
+
+@builds("Attention")
+def _attention(layer, in_shapes, ctx):
+    c = layer.config
+    mode = c.get("score_mode", "dot")
+    if mode not in ("dot", "concat"):
+        raise unsupported(layer, f"score_mode {mode!r}")
+    use_scale = bool(c.get("use_scale", False))
+    module = DotAttention(mode, use_scale, causal=bool(c.get("causal", False)), dropout=float(c.get("dropout") or 0.0))
+    return Built(module, "cl", "" if use_scale or mode == "concat" else None, mask="consume")
+
+
+@builds("AdditiveAttention")
+def _additive_attention(layer, in_shapes, ctx):
+    c = layer.config
+    use_scale = bool(c.get("use_scale", True))
+    dim = _last_dim(layer, in_shapes[0] if in_shapes else None, "query") if use_scale else None
+    module = DotAttention("additive", use_scale, dim=dim, causal=bool(c.get("causal", False)),
+                          dropout=float(c.get("dropout") or 0.0))  # fmt: skip
+    return Built(module, "cl", "" if use_scale else None, mask="consume")

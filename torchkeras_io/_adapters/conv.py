@@ -13,7 +13,7 @@ from torch import nn
 from ..modules import Cropping, SamePad, SeparableConv, same_padding
 from .activation import _ChannelsFirstSoftmax, activation_module
 from .base import Adapter, KerasLayer, lazy_param, owns_exactly
-from .registry import Built, builds, cfg_int_tuple, unsupported
+from .registry import Built, WeightSource, builds, cfg_int_tuple, exports, unsupported
 
 
 def _to_keras_perm(rank: int) -> tuple:
@@ -279,3 +279,76 @@ def _conv_transpose(layer, in_shapes, ctx):
     if len(parts) == 1:
         return Built(conv, layout, "")
     return Built(nn.Sequential(*parts), layout, "0")
+
+
+# ------------------------------------------------------------------------------- torch -> config
+def _tf_same_matches(sizes, k, s, d, p) -> bool:
+    """Whether torch's symmetric padding p gives exactly TensorFlow's 'same' windows."""
+    for n, ki, si, di, pi in zip(sizes, k, s, d, p):
+        eff = (ki - 1) * di + 1
+        if (n + 2 * pi - eff) // si + 1 != -(-n // si) or same_padding(n, ki, si, di)[0] != pi:
+            return False
+    return True
+
+
+def _export_padding(ctx, x, module, rank, name):
+    """(Keras tensor, Keras padding string) for a torch conv's padding."""
+    if getattr(module, "padding_mode", "zeros") != "zeros":
+        raise ctx.fail(f"padding_mode='{module.padding_mode}' has no Keras equivalent")
+    if module.padding == "same":
+        return x, "same"
+    if module.padding == "valid" or not any(module.padding):
+        return x, "valid"
+    sizes = [x.shape[2 + i] for i in range(rank)]
+    if _tf_same_matches(sizes, module.kernel_size, module.stride, module.dilation, module.padding):
+        return x, "same"
+    pads = [[p, p] for p in module.padding]
+    shape = tuple(x.shape[:2]) + tuple(n + 2 * p for n, p in zip(sizes, module.padding))
+    padded = ctx.add1(f"ZeroPadding{rank}D", {"padding": pads if rank > 1 else pads[0]}, x, shape, x.perm,
+                      name=f"{name}_pad")  # fmt: skip
+    return padded, "valid"
+
+
+@exports(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def _export_conv(ctx, node, module, args, kwargs, value):
+    rank = module.weight.dim() - 2
+    name = ctx.layer_name(node)
+    if any(d > 1 for d in module.dilation) and any(st > 1 for st in module.stride):
+        raise ctx.fail("Keras convolutions take strides > 1 or dilation > 1, not both")
+    x = ctx.as_channels_last(args[0])
+    x, padding = _export_padding(ctx, x, module, rank, name)
+    cfg = {"kernel_size": list(module.kernel_size), "strides": list(module.stride), "padding": padding,
+           "data_format": "channels_last", "dilation_rate": list(module.dilation), "activation": "linear",
+           "use_bias": module.bias is not None}  # fmt: skip
+    if is_depthwise(module):
+        if rank == 2 and module.stride[0] != module.stride[1]:
+            raise ctx.fail("TensorFlow's depthwise convolution needs equal strides")
+        cls = f"DepthwiseConv{rank}D"
+        cfg["depth_multiplier"] = module.out_channels // module.in_channels
+    else:
+        cls = f"Conv{rank}D"
+        cfg.update(filters=module.out_channels, groups=module.groups)
+    source = WeightSource("", module, ConvAdapter(), 0, None)
+    return ctx.add1(cls, cfg, x, tuple(value.shape), x.perm, name=name, module=module, weights=source)
+
+
+@exports(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+def _export_conv_transpose(ctx, node, module, args, kwargs, value):
+    rank = module.weight.dim() - 2
+    name = ctx.layer_name(node)
+    if module.groups != 1:
+        raise ctx.fail("grouped transposed convolutions have no Keras layer")
+    if any(d > 1 for d in module.dilation) and any(s > 1 for s in module.stride):
+        raise ctx.fail("transposed convolutions with both dilation and stride")
+    x = ctx.as_channels_last(args[0])
+    full = tuple(value.shape[:2]) + tuple(n + 2 * p for n, p in zip(value.shape[2:], module.padding))
+    cfg = {"filters": module.out_channels, "kernel_size": list(module.kernel_size), "strides": list(module.stride),
+           "padding": "valid", "output_padding": list(module.output_padding), "data_format": "channels_last",
+           "dilation_rate": list(module.dilation), "activation": "linear", "use_bias": module.bias is not None}  # fmt: skip
+    source = WeightSource("", module, ConvTransposeAdapter(), 0, None)
+    y = ctx.add1(f"Conv{rank}DTranspose", cfg, x, full, x.perm, name=name, module=module, weights=source)
+    if not any(module.padding):
+        return y
+    crop = [[p, p] for p in module.padding]
+    return ctx.add1(f"Cropping{rank}D", {"cropping": crop if rank > 1 else crop[0]}, y, tuple(value.shape), y.perm,
+                    name=f"{name}_crop")  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..modules import Flatten, Identity, Masking, Permute, RepeatVector, Rescaling, Reshape
-from .registry import Built, builds, unsupported
+from .registry import Built, builds, exports, unsupported
 
 
 @builds("Dropout")
@@ -37,9 +37,16 @@ def _masking(layer, in_shapes, ctx):
 @builds("Flatten")
 def _flatten(layer, in_shapes, ctx):
     if layer.config.get("data_format") == "channels_first" and len(in_shapes[0]) >= 3 and ctx.generation >= 2:
-        # Keras 2+ flattens channels-first tensors in channels-last order
-        return Built(Flatten(), "cf", out_layout="cl")
+        # Keras 2+ flattens channels-first tensors in channels-last order: (N, C, ...) -> (N, ..., C) first
+        return Built(_FlattenChannelsLast(), "cl")
     return Built(Flatten(), "cl")
+
+
+class _FlattenChannelsLast(Flatten):
+    """Flatten of a channels-first Keras tensor, in the order of its channels-last transpose."""
+
+    def forward(self, x, **kwargs):
+        return super().forward(x.movedim(1, -1))
 
 
 @builds("Reshape")
@@ -68,3 +75,35 @@ def _rescaling(layer, in_shapes, ctx):
 @builds("InputLayer")
 def _input_inside(layer, in_shapes, ctx):  # an InputLayer called like a layer (nested Sequential)
     return Built(Identity(), "any")
+
+
+# ------------------------------------------------------------------------------- torch -> config
+@exports(nn.Dropout, nn.AlphaDropout)
+def _export_dropout(ctx, node, module, args, kwargs, value):
+    cls = "AlphaDropout" if isinstance(module, nn.AlphaDropout) else "Dropout"
+    return ctx.add1(
+        cls, {"rate": float(module.p)}, args[0], tuple(value.shape), args[0].perm, name=ctx.layer_name(node)
+    )
+
+
+@exports(nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+def _export_spatial_dropout(ctx, node, module, args, kwargs, value):
+    x = ctx.as_channels_last(args[0])
+    return ctx.add1(f"SpatialDropout{x.rank - 2}D", {"rate": float(module.p)}, x, tuple(value.shape), x.perm,
+                    name=ctx.layer_name(node))  # fmt: skip
+
+
+@exports(nn.Identity)
+def _export_identity(ctx, node, module, args, kwargs, value):
+    return args[0]
+
+
+@exports(nn.Flatten, nn.Unflatten)
+def _export_flatten(ctx, node, module, args, kwargs, value):
+    x = ctx.as_torch(args[0])  # Keras reshapes in its own axis order: use torch's
+    if tuple(value.shape)[0] != x.shape[0]:
+        raise ctx.fail("flattening the batch axis")
+    if value.dim() == 2:
+        return ctx.add1("Flatten", {}, x, tuple(value.shape), (0, 1), name=ctx.layer_name(node))
+    return ctx.add1("Reshape", {"target_shape": list(value.shape[1:])}, x, tuple(value.shape),
+                    tuple(range(value.dim())), name=ctx.layer_name(node))  # fmt: skip

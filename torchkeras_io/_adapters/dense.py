@@ -6,7 +6,7 @@ from torch import nn
 
 from .activation import with_activation
 from .base import Adapter, KerasLayer, lazy_param, owns_exactly
-from .registry import builds, unsupported
+from .registry import WeightSource, builds, exports, unsupported
 
 
 class DenseAdapter(Adapter):
@@ -38,3 +38,14 @@ def _dense(layer, in_shapes, ctx):
     built = with_activation(linear, c, ctx, "cl")
     built.mask = "pass"
     return built
+
+
+# ------------------------------------------------------------------------------- torch -> config
+@exports(nn.Linear)
+def _export_linear(ctx, node, module, args, kwargs, value):
+    x = ctx.as_torch(args[0])  # Dense acts on the last axis, as Linear does on torch's
+    cfg = {"units": module.out_features, "activation": "linear", "use_bias": module.bias is not None}
+    source = WeightSource("", module, DenseAdapter(), 0, None)
+    return ctx.add1(
+        "Dense", cfg, x, tuple(value.shape), x.perm, name=ctx.layer_name(node), module=module, weights=source
+    )

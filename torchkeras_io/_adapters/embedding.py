@@ -6,7 +6,7 @@ from torch import nn
 
 from ..modules import Embedding
 from .base import Adapter, KerasLayer, lazy_param, owns_exactly
-from .registry import Built, builds
+from .registry import Built, WeightSource, builds, exports
 
 
 class EmbeddingAdapter(Adapter):
@@ -28,3 +28,15 @@ def _embedding(layer, in_shapes, ctx):
     mask_zero = bool(c.get("mask_zero", False))
     return Built(Embedding(int(c["input_dim"]), int(c["output_dim"]), mask_zero=mask_zero), "cl", "",
                  mask="compute" if mask_zero else "drop")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------- torch -> config
+@exports(nn.Embedding)
+def _export_embedding(ctx, node, module, args, kwargs, value):
+    if module.max_norm is not None:
+        raise ctx.fail("Embedding(max_norm=...) renormalises rows in forward; Keras has no such layer")
+    x = ctx.as_torch(args[0])
+    cfg = {"input_dim": module.num_embeddings, "output_dim": module.embedding_dim}
+    source = WeightSource("", module, EmbeddingAdapter(), 0, None)
+    return ctx.add1("Embedding", cfg, x, tuple(value.shape), tuple(range(value.dim())), name=ctx.layer_name(node), module=module,
+                    weights=source)  # fmt: skip

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .base import Adapter, KerasLayer, lazy_param, owns_exactly
-from .registry import Built, builds, unsupported
+from .registry import Built, WeightSource, builds, exports, unsupported
 
 # weight-name endings -> canonical slot (Keras 1 called the moving variance "running_std")
 _BN_SLOTS = (
@@ -44,13 +44,15 @@ class BatchNormAdapter(Adapter):
             isinstance(module, _BatchNorm)
             and module.track_running_stats
             and owns_exactly(module, ["running_mean", "running_var"], ["weight", "bias", "num_batches_tracked"])
-            and (module.weight is None) == (module.bias is None)
         )
 
     def export(self, module, ctx=None):
+        # Keras keeps gamma only with scale=True and beta only with center=True
         weights = []
         if module.weight is not None:
-            weights += [lazy_param(module, "weight", "gamma"), lazy_param(module, "bias", "beta")]
+            weights.append(lazy_param(module, "weight", "gamma"))
+        if module.bias is not None:
+            weights.append(lazy_param(module, "bias", "beta"))
         weights += [
             lazy_param(module, "running_mean", "moving_mean"),
             lazy_param(module, "running_var", "moving_variance"),
@@ -67,7 +69,7 @@ class BatchNormAdapter(Adapter):
         return weights, extras
 
     def load(self, module, index, weights, extras):
-        names = (["weight", "bias"] if module.weight is not None else []) + ["running_mean", "running_var"]
+        names = [n for n in ("weight", "bias") if getattr(module, n) is not None] + ["running_mean", "running_var"]
         out = dict(zip(names, weights))
         if "num_batches_tracked" in extras and module.num_batches_tracked is not None:
             out["num_batches_tracked"] = extras["num_batches_tracked"]
@@ -78,16 +80,22 @@ class LayerNormAdapter(Adapter):
     family = "norm"
 
     def match(self, module):
-        return isinstance(module, nn.LayerNorm) and owns_exactly(module, ["weight"], ["bias"])
+        return (
+            isinstance(module, nn.LayerNorm)
+            and owns_exactly(module, [], ["weight", "bias"])
+            and (module.weight is not None or module.bias is not None)
+        )
 
     def export(self, module, ctx=None):
-        weights = [lazy_param(module, "weight", "gamma")]
+        weights = []
+        if module.weight is not None:
+            weights.append(lazy_param(module, "weight", "gamma"))
         if module.bias is not None:
             weights.append(lazy_param(module, "bias", "beta"))
         return [KerasLayer("LayerNormalization", weights)]
 
     def load(self, module, index, weights, extras):
-        return dict(zip(["weight", "bias"], weights))
+        return dict(zip([n for n in ("weight", "bias") if getattr(module, n) is not None], weights))
 
 
 class GroupNormAdapter(Adapter):
@@ -124,15 +132,15 @@ def _batch_norm(layer, in_shapes, ctx):
     if len(axes) != 1 or axes[0] not in (1, rank - 1) or rank not in _BN:
         raise unsupported(layer, f"normalising axis {c.get('axis')} of a rank-{rank} input")
     center, scale = bool(c.get("center", True)), bool(c.get("scale", True))
-    if center != scale:
-        raise unsupported(layer, "center and scale differ (torch BatchNorm has both affine terms or neither)")
     if c.get("renorm"):
         raise unsupported(layer, "batch renormalization")
     channels = in_shapes[0][axes[0]]
     if channels is None:
         raise unsupported(layer, f"unknown channel count in {in_shapes[0]}")
     bn = _BN[rank](int(channels), eps=float(c.get("epsilon", 1e-3)), momentum=1.0 - float(c.get("momentum", 0.99)),
-                   affine=center)  # fmt: skip
+                   affine=center or scale)  # fmt: skip
+    if center != scale:  # Keras has gamma only with scale, beta only with center: F.batch_norm takes either None
+        bn.register_parameter("bias" if scale else "weight", None)
     # the channel axis is the Keras last axis (run channels-first) or already axis 1
     layout = "cl" if axes[0] == 1 or rank == 2 else "cf"
     return Built(bn, layout, "", mask="pass")
@@ -149,10 +157,10 @@ def _layer_norm(layer, in_shapes, ctx):
     if any(s is None for s in shape):
         raise unsupported(layer, f"unknown normalised shape in {in_shapes[0]}")
     center, scale = bool(c.get("center", True)), bool(c.get("scale", True))
-    if center and not scale:
-        raise unsupported(layer, "center=True with scale=False")
-    ln = nn.LayerNorm(shape, eps=float(c.get("epsilon", 1e-3)), elementwise_affine=scale, bias=center)
-    return Built(ln, "cl", "" if scale else None, mask="pass")
+    ln = nn.LayerNorm(shape, eps=float(c.get("epsilon", 1e-3)), elementwise_affine=center or scale, bias=center)
+    if center and not scale:  # beta without gamma: F.layer_norm takes weight=None
+        ln.register_parameter("weight", None)
+    return Built(ln, "cl", "" if (scale or center) else None, mask="pass")
 
 
 @builds("GroupNormalization")
@@ -178,3 +186,42 @@ class _UnitNorm(nn.Module):
 @builds("UnitNormalization")
 def _unit_norm(layer, in_shapes, ctx):
     return Built(_UnitNorm(_axes(layer.config.get("axis", -1), len(in_shapes[0]))), "cl")
+
+
+# ------------------------------------------------------------------------------- torch -> config
+@exports(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+def _export_batch_norm(ctx, node, module, args, kwargs, value):
+    if not module.track_running_stats:
+        raise ctx.fail("BatchNorm without running statistics normalises with batch statistics at inference")
+    x = args[0]
+    x = ctx.as_channels_last(x) if x.rank >= 3 else ctx.as_torch(x)
+    momentum = 0.99 if module.momentum is None else 1.0 - float(module.momentum)
+    # a BatchNorm built from a Keras config may have gamma or beta alone
+    cfg = {"axis": -1, "momentum": momentum, "epsilon": float(module.eps), "center": module.bias is not None,
+           "scale": module.weight is not None}  # fmt: skip
+    source = WeightSource("", module, BatchNormAdapter(), 0, None)
+    return ctx.add1("BatchNormalization", cfg, x, tuple(value.shape), x.perm, name=ctx.layer_name(node),
+                    module=module, weights=source)  # fmt: skip
+
+
+@exports(nn.LayerNorm)
+def _export_layer_norm(ctx, node, module, args, kwargs, value):
+    x = ctx.as_torch(args[0])
+    k = len(module.normalized_shape)
+    axes = list(range(x.rank - k, x.rank))
+    affine = module.elementwise_affine
+    cfg = {"axis": axes if k > 1 else axes[0], "epsilon": float(module.eps), "center": module.bias is not None,
+           "scale": module.weight is not None}  # fmt: skip
+    source = WeightSource("", module, LayerNormAdapter(), 0, None) if affine else None
+    return ctx.add1("LayerNormalization", cfg, x, tuple(value.shape), x.perm, name=ctx.layer_name(node),
+                    module=module, weights=source)  # fmt: skip
+
+
+@exports(nn.GroupNorm)
+def _export_group_norm(ctx, node, module, args, kwargs, value):
+    x = ctx.as_channels_last(args[0])
+    cfg = {"groups": module.num_groups, "axis": -1, "epsilon": float(module.eps), "center": module.affine,
+           "scale": module.affine}  # fmt: skip
+    source = WeightSource("", module, GroupNormAdapter(), 0, None) if module.affine else None
+    return ctx.add1("GroupNormalization", cfg, x, tuple(value.shape), x.perm, name=ctx.layer_name(node),
+                    module=module, weights=source)  # fmt: skip

@@ -72,3 +72,38 @@ def cfg_int_tuple(value, rank: int) -> tuple:
             raise ValueError(f"expected {rank} values, got {value!r}")
         return tuple(int(v) for v in value)
     return (int(value),) * rank
+
+
+# ----------------------------------------------------------------------------- torch -> config
+#: torch module class -> exporter. An exporter gets the export context, the fx node, the module
+#: and its input Keras tensors, and adds the Keras layers computing the module (see _export.py).
+EXPORTERS: dict = {}
+
+
+def exports(*module_types: type):
+    """Register an exporter for these torch module classes (subclasses match too)."""
+
+    def deco(fn):
+        for t in module_types:
+            EXPORTERS[t] = fn
+        return fn
+
+    return deco
+
+
+@dataclasses.dataclass
+class WeightSource:
+    """A Keras layer's weights: sub-layer ``index`` of ``module`` through ``adapter``."""
+
+    keras_name: str
+    module: nn.Module
+    adapter: object
+    index: int
+    ctx: Optional[dict]
+
+
+def exporter_for(module: nn.Module):
+    for cls in type(module).__mro__:
+        if cls in EXPORTERS:
+            return EXPORTERS[cls]
+    return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..modules import Cropping
-from .registry import Built, builds, unsupported
+from .registry import Built, builds, exports, unsupported
 
 
 def _pairs(value, rank: int) -> list:
@@ -69,3 +69,43 @@ def _upsample(layer, in_shapes, ctx):
     if mode == "bilinear":  # tf.image.resize(half_pixel_centers=True) == torch align_corners=False
         return Built(nn.Upsample(scale_factor=size, mode="bilinear", align_corners=False), _layout(layer.config))
     return Built(nn.Upsample(scale_factor=size, mode="nearest"), _layout(layer.config))
+
+
+# ------------------------------------------------------------------------------- torch -> config
+@exports(nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)
+def _export_zero_pad(ctx, node, module, args, kwargs, value):
+    if float(getattr(module, "value", 0.0)) != 0.0:
+        raise ctx.fail("constant padding with a non-zero value")
+    x = ctx.as_channels_last(args[0])
+    rank = x.rank - 2
+    flat = list(module.padding)
+    if len(flat) != 2 * rank or any(p < 0 for p in flat):
+        raise ctx.fail("padding that is not (begin, end) per spatial axis, or negative")
+    pairs = [[flat[2 * i], flat[2 * i + 1]] for i in reversed(range(rank))]  # torch lists the last axis first
+    return ctx.add1(f"ZeroPadding{rank}D", {"padding": pairs if rank > 1 else pairs[0], "data_format": "channels_last"}
+                    if rank > 1 else {"padding": pairs[0]}, x, tuple(value.shape), x.perm,
+                    name=ctx.layer_name(node))  # fmt: skip
+
+
+@exports(nn.Upsample)
+def _export_upsample(ctx, node, module, args, kwargs, value):
+    x = ctx.as_channels_last(args[0])
+    rank = x.rank - 2
+    sizes = [o // i for o, i in zip(value.shape[2:], x.shape[2:])]
+    if any(o != i * s for o, i, s in zip(value.shape[2:], x.shape[2:], sizes)):
+        raise ctx.fail("upsampling by a non-integer factor")
+    mode = module.mode
+    if mode == "bilinear" and rank == 2 and not module.align_corners:
+        interpolation = "bilinear"
+    elif mode == "nearest":
+        interpolation = "nearest"
+    else:
+        raise ctx.fail(f"upsampling mode '{mode}' (align_corners={module.align_corners})")
+    if rank == 1:
+        return ctx.add1("UpSampling1D", {"size": sizes[0]}, x, tuple(value.shape), x.perm, name=ctx.layer_name(node))
+    cfg = {"size": sizes, "data_format": "channels_last"}
+    if rank == 2:
+        cfg["interpolation"] = interpolation
+    elif interpolation != "nearest":
+        raise ctx.fail("UpSampling3D is nearest-neighbour only")
+    return ctx.add1(f"UpSampling{rank}D", cfg, x, tuple(value.shape), x.perm, name=ctx.layer_name(node))

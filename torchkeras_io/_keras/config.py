@@ -306,6 +306,8 @@ def parse_model_config(config: Union[str, bytes, dict], keras_version: Optional[
     config = _as_dict(config, "model config")
     if isinstance(config.get("config"), str):  # some tools store the JSON twice-encoded
         return parse_model_config(config["config"], keras_version)
+    if keras_version is None and isinstance(config.get("keras_version"), str):
+        keras_version = config["keras_version"]  # to_json() of Keras 2 / tf_keras says who wrote it
     generation = generation_of(keras_version, config)
     return _model(config, generation, 0)
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from .._adapters.registry import BUILDERS, BuildContext, Built, unsupported
 from ..errors import FileFormatError, UnsupportedLayerError
-from .config import Call, LayerDef, ModelDef, Ref
+from .config import MODEL_CLASSES, Call, LayerDef, ModelDef, Ref
 
 _PLACEHOLDERS = (29, 37)  # stand-ins for unknown (None) sizes during shape inference
 
@@ -79,6 +79,7 @@ class KerasGraph(nn.Module):
         self._inputs: list = []  # (layer, node) of each model input
         self._outputs: list = []  # Ref of each model output
         self._steps: list = []
+        self.keras_config: Optional[dict] = None  # the config it was built from, for to_json / save_model
         self.input_shapes: list = []  # Keras shapes of the inputs, batch axis first
         self.input_dtypes: list = []
 
@@ -107,6 +108,13 @@ class KerasGraph(nn.Module):
             kwargs["mask"] = in_masks
         elif mask_mode not in ("consume", "compute"):
             kwargs.pop("mask", None)
+        if mask_mode == "consume":  # masks of inputs passed by keyword (tf.keras MultiHeadAttention value=, key=)
+            for name in getattr(module, "keyword_masks", ()):
+                r = step.kwargs.get(name)
+                if isinstance(r, Ref) and kwargs.get(f"{name}_mask") is None:
+                    m = masks.get((r.layer, r.node, r.tensor))
+                    if m is not None:
+                        kwargs[f"{name}_mask"] = m
         if state is None:
             out = module(x, **kwargs)
         else:  # shape inference: the same call on meta tensors, weights included
@@ -336,8 +344,8 @@ def _unknown_layers(model: ModelDef, ctx: BuildContext) -> list:
     out = []
 
     def check(class_name: str, name: str, cfg: dict) -> None:
-        if name in ctx.custom_objects or class_name in ctx.custom_objects:
-            return
+        if name in ctx.custom_objects or class_name in ctx.custom_objects or class_name in MODEL_CLASSES:
+            return  # a model wrapped in a layer (TimeDistributed(Sequential)) is checked when built
         if class_name == "Lambda":
             out.append(UnsupportedLayerError(
                 f"Lambda '{name}': its stored Python code is never run (and targets Keras/TensorFlow ops, "

@@ -1,0 +1,124 @@
+"""torch modules -> Keras: ``to_json`` / ``to_yaml`` / ``save_model``."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Optional, Union
+
+import h5py
+from torch import nn
+
+from . import __version__
+from ._atomic import atomic_write_path
+from ._export import KERAS_VERSION, export_config
+from ._h5format import LayerRecord, write_weights_group
+from ._keras.graph import KerasGraph
+from ._plan import plan
+from .errors import TorchKerasIOError, TorchKerasIOWarning, UnsupportedLayerError
+from .registration import registered_name
+
+InputShape = Union[tuple, list, None]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    from .models import Model
+
+    return model.module if isinstance(model, Model) else model
+
+
+def _config(module: nn.Module, input_shape: InputShape, channels_last: bool):
+    if isinstance(module, KerasGraph) and module.keras_config is not None:
+        return module.keras_config, None
+    config, sources, _ = export_config(module, input_shape, channels_last_io=channels_last)
+    return config, sources
+
+
+def to_json(module: nn.Module, *, input_shape: InputShape = None, channels_last: bool = False) -> str:
+    """The Keras model config (JSON) of ``module``, which tf-keras 2.x and Keras 3 rebuild.
+
+    ``input_shape``: per-sample shape (no batch axis), a list of them for several inputs; needed
+    unless the first layer fixes it. The Keras model takes the module's own input layout
+    (NCHW stays NCHW); ``channels_last=True`` makes it take and return channels-last tensors.
+    """
+    return json.dumps(_config(_unwrap(module), input_shape, channels_last)[0])
+
+
+def to_yaml(module: nn.Module, *, input_shape: InputShape = None, channels_last: bool = False) -> str:
+    """As :func:`to_json`, in YAML (needs PyYAML)."""
+    try:
+        import yaml
+    except ImportError as exc:  # pragma: no cover
+        raise TorchKerasIOError("to_yaml needs PyYAML: pip install pyyaml") from exc
+    return yaml.safe_dump(json.loads(to_json(module, input_shape=input_shape, channels_last=channels_last)))
+
+
+def save_model(model: nn.Module, filepath: Union[str, os.PathLike], *, optimizer=None, loss=None, metrics=None,
+               overwrite: bool = True, include_optimizer: bool = True, input_shape: InputShape = None,
+               channels_last: bool = False) -> None:  # fmt: skip
+    """Save ``model`` as a Keras full-model HDF5 file that ``keras.models.load_model`` opens."""
+    if optimizer is not None or loss is not None or metrics:
+        raise TorchKerasIOError("saving the training configuration and optimizer state is not supported yet")
+    module = _unwrap(model)
+    torch_record = None
+    try:
+        config, sources = _config(module, input_shape, channels_last)
+        records = _records(module, config, sources)
+    except UnsupportedLayerError as exc:
+        key = registered_name(module)
+        if key is None:
+            raise UnsupportedLayerError(
+                f"{exc.message}. To save it anyway (weights plus a torch-side record that tkio.load_model "
+                f"rebuilds), register {type(module).__name__} with @torchkeras_io.register_serializable() and give "
+                "it a get_config()", layer=exc.layer) from exc  # fmt: skip
+        warnings.warn(f"{type(module).__name__} cannot be expressed in Keras ({exc.message}); saving its weights and "
+                      f"a torch-side record '{key}' that only torchkeras_io.load_model reads", TorchKerasIOWarning,
+                      stacklevel=2)  # fmt: skip
+        torch_record = {"registered_name": key, "config": module.get_config()}
+        slots, top = plan(module)
+        records = [LayerRecord(s.name, s.layer.weights, s.layer.extras, {"keras_class": s.layer.class_name})
+                   for s in slots]  # fmt: skip
+        config = None
+    with atomic_write_path(filepath, overwrite=overwrite) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["keras_version"] = KERAS_VERSION
+            f.attrs["backend"] = "tensorflow"
+            if config is not None:
+                f.attrs["model_config"] = json.dumps(config).encode("utf-8")
+            else:
+                f.attrs["torch_config"] = json.dumps(torch_record).encode("utf-8")
+            f.attrs["torchkeras_io_version"] = __version__
+            write_weights_group(f.create_group("model_weights"), records,
+                                top.layer.weights if torch_record and top is not None else ())  # fmt: skip
+
+
+def _records(module: nn.Module, config: dict, sources: Optional[list]) -> list:
+    """One record per Keras layer in config order, with weights where the layer has them."""
+    names = [entry["name"] if "name" in entry else entry["config"]["name"] for entry in _layer_entries(config)]
+    weights = {}
+    if sources is None:  # a model built from a Keras config: its own layer names
+        slots, _ = plan(module, module.keras_layer_names())
+        for s in slots:
+            weights[s.name] = s.layer
+    else:
+        for src in sources:
+            weights[src.keras_name] = src.adapter.export(src.module, src.ctx)[src.index]
+    out = []
+    for name in names:
+        layer = weights.pop(name, None)
+        if layer is None:
+            out.append(LayerRecord(name, []))
+        else:
+            out.append(LayerRecord(name, layer.weights, layer.extras, {"keras_class": layer.class_name}))
+    if weights:  # pragma: no cover - every weight source names a layer of the config
+        raise TorchKerasIOError(f"weights for layers missing from the config: {sorted(weights)}")
+    return out
+
+
+def _layer_entries(config: dict) -> list:
+    cfg = config.get("config", {})
+    layers = cfg if isinstance(cfg, list) else cfg.get("layers", [])
+    if config.get("class_name") == "Sequential" and layers and layers[0].get("class_name") == "InputLayer":
+        layers = layers[1:]  # Keras's Sequential.layers leaves the InputLayer out
+    return layers
