@@ -112,6 +112,48 @@ def _conv1d():
                          nn.Conv1d(8, 8, 3, dilation=2), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 2))  # fmt: skip
 
 
+class TextLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 8)
+        self.lstm = nn.LSTM(8, 12, num_layers=2, batch_first=True)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, ids):
+        out, (h, c) = self.lstm(self.emb(ids))
+        return self.fc(h[-1]) + self.fc(out[:, -1]) * 0.5
+
+
+class TextBiGRU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(40, 6)
+        self.gru = nn.GRU(6, 5, batch_first=True, bidirectional=True)
+        self.rnn = nn.RNN(10, 4, batch_first=True, nonlinearity="relu")
+        self.fc = nn.Linear(4 + 10, 2)
+
+    def forward(self, ids):
+        seq, h = self.gru(self.emb(ids))
+        seq2, _ = self.rnn(seq)
+        return torch.sigmoid(self.fc(torch.cat([seq2.mean(1), torch.cat([h[0], h[1]], dim=1)], dim=1)))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, d=16, heads=4):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.ln1 = nn.LayerNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, 32), nn.GELU(), nn.Linear(32, d))
+        self.ln2 = nn.LayerNorm(d)
+        self.cross = nn.MultiheadAttention(d, 2, batch_first=True, kdim=d, vdim=d, bias=False)
+
+    def forward(self, x):
+        a, _ = self.attn(x, x, x)
+        x = self.ln1(x + a)
+        x = self.ln2(x + self.ff(x))
+        return x + self.cross(x, x * 0.5, x, need_weights=False)[0]
+
+
 CASES = {
     "mlp": (_mlp, [(10,)], 1e-5),
     "vgg": (_vgg, [(3, 16, 16)], 1e-5),
@@ -121,7 +163,11 @@ CASES = {
     "autoencoder": (AutoEncoder, [(1, 16, 16)], 1e-5),
     "misc_layers": (_misc, [(3, 8, 9)], 1e-5),
     "conv1d": (_conv1d, [(4, 20)], 1e-5),
+    "lstm_text": (TextLSTM, [(7,)], 1e-4),
+    "bigru_text": (TextBiGRU, [(9,)], 1e-4),
+    "transformer_block": (EncoderBlock, [(6, 16)], 1e-5),
 }
+INT_INPUTS = {"lstm_text": 50, "bigru_text": 40}
 
 
 def _prepare(factory):
@@ -139,8 +185,11 @@ def _prepare(factory):
     return module.eval()
 
 
-def _inputs(shapes, channels_last):
+def _inputs(shapes, channels_last, vocab=None):
     rng = np.random.default_rng(1)
+    if vocab:
+        xs = [rng.integers(0, vocab, size=(3,) + tuple(s)).astype("int64") for s in shapes]
+        return xs, xs
     xs = [rng.normal(size=(3,) + tuple(s)).astype("float32") for s in shapes]
     keras_xs = [np.moveaxis(x, 1, -1) if channels_last and x.ndim >= 3 else x for x in xs]
     return xs, keras_xs
@@ -171,9 +220,13 @@ def _torch_outputs(module, xs, channels_last):
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("oracle", ["tf_keras", "keras3"])
 def test_real_keras_loads_and_matches(exported, name, channels_last, oracle):
+    if oracle == "keras3" and name == "transformer_block":
+        # No legacy config both read: tf-keras needs query/key/value_shape and value= by keyword, which Keras 3
+        # rejects; Keras 3 fails the same way on the files tf-keras itself writes for MultiHeadAttention.
+        pytest.xfail("Keras 3 cannot load tf-keras MultiHeadAttention configs (tf-keras's own files included)")
     module, path = exported[(name, channels_last)]
     _, shapes, rtol = CASES[name]
-    xs, keras_xs = _inputs(shapes, channels_last)
+    xs, keras_xs = _inputs(shapes, channels_last, INT_INPUTS.get(name))
     refs = _torch_outputs(module, xs, channels_last)
     lib = tf_keras if oracle == "tf_keras" else keras
     model = lib.models.load_model(path, compile=False)
@@ -188,7 +241,7 @@ def test_real_keras_loads_and_matches(exported, name, channels_last, oracle):
 def test_our_loader_reads_our_export(exported, name):
     module, path = exported[(name, False)]
     _, shapes, rtol = CASES[name]
-    xs, _ = _inputs(shapes, False)
+    xs, _ = _inputs(shapes, False, INT_INPUTS.get(name))
     refs = _torch_outputs(module, xs, False)
     ys = tkio.load_model(path, compile=False).predict(xs if len(xs) > 1 else xs[0])
     ys = ys if isinstance(ys, list) else [ys]

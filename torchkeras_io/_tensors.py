@@ -2,7 +2,9 @@
 
 Both directions move data through :class:`Lazy` so that whole-model copies never exist: the
 writer materialises one tensor at a time, and the loader checks every shape before it reads a
-single byte.
+single byte. Large tensors do not even exist whole: :func:`blocks` and :meth:`Lazy.read_into`
+move them in blocks of :data:`BLOCK_BYTES` through a few reused buffers, transposing each block
+with torch's 2-D transpose kernel on worker threads while the file I/O of the next one runs.
 """
 
 from __future__ import annotations
@@ -51,10 +53,11 @@ _UNSET = object()
 class Lazy:
     """A tensor that is only computed when :meth:`read` is called.
 
-    A lazy tensor that is a plain tensor, a row source, or a chain of view transforms (``t``,
-    ``permute``, ``reshape`` of contiguous data, …) of one also knows its value as a
-    :class:`Strided` view of that root, so :func:`blocks` and :meth:`read_into` can move the
-    data in cache-sized blocks instead of materialising transposed copies.
+    A lazy tensor that is a plain tensor, a block source (a dataset), or a chain of view
+    transforms (``t``, ``permute``, ``reshape`` of contiguous data, …) of one also knows its
+    value as a :class:`Strided` view of that root (found by running the transforms on a meta
+    tensor), so :func:`blocks` and :meth:`read_into` can move the data in cache-sized blocks
+    instead of materialising whole transposed copies.
     """
 
     __slots__ = ("name", "shape", "dtype", "_read", "_origin", "_strided")

@@ -18,7 +18,7 @@ from torch import nn
 from .._tensors import Lazy
 from ..modules import DotAttention, EinsumMultiHeadAttention, MultiHeadAttention
 from .base import Adapter, KerasLayer, combine, direct_tensors, lazy_param
-from .registry import Built, builds, unsupported
+from .registry import Built, WeightSource, builds, exports, unsupported
 
 
 class MultiheadAttentionAdapter(Adapter):
@@ -221,3 +221,32 @@ def _additive_attention(layer, in_shapes, ctx):
     module = DotAttention("additive", use_scale, dim=dim, causal=bool(c.get("causal", False)),
                           dropout=float(c.get("dropout") or 0.0))  # fmt: skip
     return Built(module, "cl", "" if use_scale else None, mask="consume")
+
+
+# ------------------------------------------------------------------------------- torch -> config
+@exports(nn.MultiheadAttention)
+def _export_mha(ctx, node, module, args, kwargs, value):
+    if not module.batch_first:
+        raise ctx.fail("batch_first=False: Keras attention takes (batch, time, features); use batch_first=True")
+    if not MultiheadAttentionAdapter().match(module):
+        raise ctx.fail("add_bias_kv, or biases on only some projections, have no Keras equivalent")
+    if module.add_zero_attn:
+        raise ctx.fail("add_zero_attn has no Keras equivalent")
+    names = ("query", "key", "value", "key_padding_mask", "need_weights", "attn_mask", "average_attn_weights",
+             "is_causal")  # fmt: skip
+    call = dict(zip(names, args))
+    call.update(kwargs)
+    if call.get("key_padding_mask") is not None or call.get("attn_mask") is not None or call.get("is_causal"):
+        raise ctx.fail("attention masks passed to MultiheadAttention")
+    q, k, v = (ctx.as_torch(call[n]) for n in ("query", "key", "value"))
+    out = value[0]
+    cfg = {"num_heads": module.num_heads, "key_dim": module.head_dim, "value_dim": module.head_dim,
+           "use_bias": module.in_proj_bias is not None, "dropout": 0.0, "output_shape": None, "attention_axes": [1],
+           # tf-keras builds the layer from these (Keras 3 cannot read tf-keras attention configs at all)
+           "query_shape": [None, *q.shape[1:]], "key_shape": [None, *k.shape[1:]],
+           "value_shape": [None, *v.shape[1:]]}  # fmt: skip
+    source = WeightSource("", module, MultiheadAttentionAdapter(), 0, None)
+    call_kwargs = {"value": v} if k is v else {"value": v, "key": k}
+    y = ctx.add("MultiHeadAttention", cfg, q, [(tuple(out.shape), q.perm, q.dtype)], name=ctx.layer_name(node),
+                kwargs=call_kwargs, module=module, weights=source)[0]  # fmt: skip
+    return (y, None)

@@ -26,7 +26,7 @@ from .._tensors import Lazy, bits_equal
 from ..errors import UnsupportedLayerError
 from .activation import activation_module
 from .base import Adapter, KerasLayer, combine, direct_tensors
-from .registry import BUILDERS, Built, builds, cfg_int_tuple, unsupported
+from .registry import BUILDERS, Built, WeightSource, builds, cfg_int_tuple, exports, unsupported
 
 _KINDS = {nn.LSTM: ("LSTM", "lstm", 4), nn.GRU: ("GRU", "gru", 3), nn.RNN: ("SimpleRNN", "simple_rnn", 1)}
 
@@ -849,3 +849,68 @@ def _conv_lstm(layer, in_shapes, ctx):
         bool(c.get("return_state", False)), bool(c.get("go_backwards", False)),
     )  # fmt: skip
     return Built(module, "cl", "", mask="consume")
+
+
+# ------------------------------------------------------------------------------- torch -> config
+_ACT_NAMES = {nn.Tanh: "tanh", nn.Sigmoid: "sigmoid", nn.ReLU: "relu"}
+
+
+def _export_activation(ctx, fn, default: str) -> str:
+    if fn is None:
+        return default
+    name = _ACT_NAMES.get(type(fn))
+    if name is None:  # e.g. hard_sigmoid: its meaning differs between tf-keras and Keras 3
+        raise ctx.fail(f"recurrent activation {type(fn).__name__} has no meaning both Keras generations share")
+    return name
+
+
+@exports(nn.LSTM, nn.GRU, nn.RNN)
+def _export_recurrent(ctx, node, module, args, kwargs, value):
+    cls, base, gates = _kind(module)
+    if not module.batch_first:
+        raise ctx.fail("batch_first=False: Keras recurrent layers take (batch, time, features); use batch_first=True")
+    if getattr(module, "proj_size", 0):
+        raise ctx.fail("LSTM proj_size has no Keras equivalent")
+    if len(args) > 1 and args[1] is not None or kwargs.get("hx") is not None:
+        raise ctx.fail("initial states passed to the recurrent module")
+    if isinstance(module, nn.RNN) and not isinstance(module, (nn.LSTM, nn.GRU)):
+        activation = "relu" if module.nonlinearity == "relu" else "tanh"
+    else:
+        activation = _export_activation(ctx, getattr(module, "keras_activation", None), "tanh")
+    recurrent_activation = _export_activation(ctx, getattr(module, "keras_recurrent_activation", None), "sigmoid")
+    name = ctx.layer_name(node)
+    x = ctx.as_torch(args[0])
+    n, length = x.shape[0], x.shape[1]
+    units, dirs = module.hidden_size, 2 if module.bidirectional else 1
+    states_per_dir = 2 if gates == 4 else 1
+    h_n, c_n = [], []
+    for k in range(module.num_layers):
+        cfg = {"units": units, "activation": activation, "use_bias": module.bias, "return_sequences": True,
+               "return_state": True, "go_backwards": False, "stateful": False, "unroll": False}  # fmt: skip
+        if gates > 1:
+            cfg["recurrent_activation"] = recurrent_activation
+        if gates == 3:
+            cfg["reset_after"] = _resets_after(module)
+        lname = name if module.num_layers == 1 else f"{name}_l{k}"
+        outs = [((n, length, units * dirs), (0, 1, 2), x.dtype)] + [((n, units), (0, 1), x.dtype)] * (
+            states_per_dir * dirs)  # fmt: skip
+        source = WeightSource("", module, RecurrentAdapter(), k, None)
+        if dirs == 2:
+            # "module" lets Keras 3 find the wrapped class; tf-keras >= 2.13 writes it too
+            inner = {
+                "module": "keras.layers",
+                "class_name": cls,
+                "registered_name": None,
+                "config": {"name": f"{lname}_cell", "trainable": True, "dtype": "float32", **cfg},
+            }
+            layer_cfg = {"layer": inner, "merge_mode": "concat"}
+            res = ctx.add("Bidirectional", layer_cfg, x, outs, name=lname, module=module, part=k, weights=source)
+        else:
+            res = ctx.add(cls, cfg, x, outs, name=lname, module=module, part=k, weights=source)
+        x, states = res[0], res[1:]
+        for d in range(dirs):  # Keras: [h, c] per direction, forward first; torch h_n index = layer*dirs + d
+            own = states[d * states_per_dir : (d + 1) * states_per_dir]
+            h_n.append(own[0])
+            if gates == 4:
+                c_n.append(own[1])
+    return (x, (h_n, c_n)) if gates == 4 else (x, h_n)
