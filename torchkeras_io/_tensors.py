@@ -3,8 +3,8 @@
 Both directions move data through :class:`Lazy` so that whole-model copies never exist: the
 writer materialises one tensor at a time, and the loader checks every shape before it reads a
 single byte. Large tensors do not even exist whole: :func:`blocks` and :meth:`Lazy.read_into`
-move them in blocks of :data:`BLOCK_BYTES` through a few reused buffers, transposing each block
-with torch's 2-D transpose kernel on worker threads while the file I/O of the next one runs.
+move them in blocks of :data:`BLOCK_BYTES` through one reused buffer, transposing each block
+with torch's 2-D transpose kernel.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ class Lazy:
     def read_into(self, target: torch.Tensor, transfer: Optional[Transfer] = None) -> None:
         """``target.copy_(self.read())``, reading a block source block by block straight into
         ``target`` (no full-size temporary, transposes done per block) when it can. A
-        :class:`Transfer` shares buffers and threads between the tensors of one load."""
+        :class:`Transfer` shares its buffers between the tensors of one load."""
         view = self.strided() if target.device.type == "cpu" else None
         root = view.root if view is not None else None
         if (
@@ -252,7 +252,7 @@ def _copy(
                     d2.copy_(s2)
                 else:  # rows of the transposed source first, then the transpose kernel
                     tmp = _scratch(scratch, (c, r), dst.dtype)
-                    tmp.copy_(s2.t())
+                    _serial_copy(tmp, s2.t())
                     d2.copy_(tmp.t())
                 return
             if (s0, s1) == (c, 1) and d0 == 1 and d1 >= r:  # transposed <- contiguous
@@ -263,7 +263,7 @@ def _copy(
                 else:
                     tmp = _scratch(scratch, (c, r), dst.dtype)
                     tmp.copy_(s2)
-                    d2.copy_(tmp)
+                    _serial_copy(d2, tmp)
                 return
         if len(dims) == 3:
             # (a, b, c) with the dims in reverse memory order on one side: a convolution
@@ -274,18 +274,40 @@ def _copy(
             if (d0, d1, d2) == contiguous and (s0, s1) == (1, a) and s2 >= a * b:  # save
                 tmp = _scratch(scratch, (b * a, c), dst.dtype)
                 staged = dst.view(-1)[: a * b * c].view(c, b, a)  # dst is the staging buffer
-                staged.copy_(src.as_strided((c, b, a), (s2, s1, s0)))
+                _serial_copy(staged, src.as_strided((c, b, a), (s2, s1, s0)))
                 tmp.copy_(staged.view(c, b * a).t())
-                dst.as_strided((a, b, c), contiguous).copy_(tmp.view(b, a, c).permute(1, 0, 2))
+                _serial_copy(dst.as_strided((a, b, c), contiguous), tmp.view(b, a, c).permute(1, 0, 2))
                 return
             if spare_src and (s0, s1, s2) == contiguous and (d0, d1) == (1, a) and d2 >= a * b:  # load
                 tmp = _scratch(scratch, (b, a, c), dst.dtype)
-                tmp.copy_(src.as_strided((a, b, c), contiguous).permute(1, 0, 2))
+                _serial_copy(tmp, src.as_strided((a, b, c), contiguous).permute(1, 0, 2))
                 staged = src.as_strided((c, b * a), (b * a, 1))  # src is free: the staging buffer
                 staged.copy_(tmp.view(b * a, c).t())
-                dst.as_strided((c, b, a), (d2, d1, d0)).copy_(staged.view(c, b, a))
+                _serial_copy(dst.as_strided((c, b, a), (d2, d1, d0)), staged.view(c, b, a))
                 return
-    dst.copy_(src)
+    if dst.dim():
+        _serial_copy(dst, src)
+    else:
+        dst.copy_(src)
+
+
+#: elements per copy call that torch runs on the calling thread (its parallel grain size)
+_SERIAL_ELEMENTS = 32768
+
+
+def _serial_copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """``dst.copy_(src)`` in pieces small enough that torch does not start OpenMP threads.
+
+    Between a block's single-threaded steps (HDF5 I/O, the 2-D transpose kernel) the OpenMP
+    threads of a parallel copy spin-wait for more work, taking the CPU those steps need: on a
+    2-CPU machine that made a load several times slower than copying on one thread."""
+    rows = dst.shape[0]
+    step = max(1, _SERIAL_ELEMENTS // max(1, dst[0].numel())) if rows else 1
+    if step >= rows:
+        dst.copy_(src)
+        return
+    for i in range(0, rows, step):
+        dst[i : i + step].copy_(src[i : i + step])
 
 
 def _scratch(buf: Optional[torch.Tensor], shape: tuple, dtype: torch.dtype) -> torch.Tensor:
@@ -296,50 +318,35 @@ def _scratch(buf: Optional[torch.Tensor], shape: tuple, dtype: torch.dtype) -> t
 
 
 class Transfer:
-    """The block buffers and worker threads of one save or load, shared by all its tensors.
+    """The block buffers of one save or load, shared by all its tensors.
 
-    Made once per call (``with Transfer() as t:``) so that memory and threads are not made
-    and freed per tensor: freed block buffers interleaved with HDF5's small allocations would
-    fragment the heap and stay resident. Everything goes when the ``with`` block ends.
+    Made once per call (``with Transfer() as t:``) so that block memory is not made and freed
+    per tensor: freed buffers interleaved with HDF5's small allocations would fragment the heap
+    and stay resident. The buffers go when the ``with`` block ends.
+
+    Blocks are moved on the calling thread, one after the other. Worker threads (transposing
+    the next block while HDF5 reads or writes this one) were measured slower on the 2-CPU
+    machine this was tuned on: the transpose kernel and the I/O do not scale across its CPUs.
     """
 
     def __init__(self, max_bytes: Optional[int] = None) -> None:
         self.max_bytes = max_bytes or BLOCK_BYTES
-        self.workers = _workers()
-        self._slots: list = []
-        self._pool = None
+        self._buffers: Optional[tuple] = None
 
-    def slots(self) -> list:
-        """``workers + 1`` pairs of byte buffers (block, scratch) of ``max_bytes`` each."""
-        if not self._slots:
-            for _ in range(self.workers + 1):
-                block, scratch = (torch.empty(self.max_bytes, dtype=torch.uint8) for _ in range(2))
-                self._slots.append((block, scratch))
-        return self._slots
-
-    def pool(self):
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="torchkeras_io")
-        return self._pool
+    def buffers(self) -> tuple:
+        """(block, scratch): byte buffers of ``max_bytes`` each."""
+        if self._buffers is None:
+            self._buffers = tuple(torch.empty(self.max_bytes, dtype=torch.uint8) for _ in range(2))
+        return self._buffers
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        self._slots = []
+        self._buffers = None
 
     def __enter__(self) -> Transfer:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _workers() -> int:
-    """Threads that copy blocks: the CPUs torch may use, at most 2 (the copies are memory-bound)."""
-    return max(1, min(2, torch.get_num_threads()))
 
 
 def _typed(raw: torch.Tensor, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
@@ -353,11 +360,11 @@ class _Plan:
     whose slabs leave at most 64 contiguous runs in the row-major data
     (``prod(shape[:dim])``): dim 0 for a Dense kernel, the input channels of a
     ``(kh, kw, in, out)`` Conv2D kernel. ``dim`` is None when no dim gives blocks smaller
-    than the whole."""
+    than the whole (blocks at most half of it)."""
 
     __slots__ = ("dim", "step", "starts")
 
-    def __init__(self, shape: tuple, itemsize: int, max_bytes: int, workers: int) -> None:
+    def __init__(self, shape: tuple, itemsize: int, max_bytes: int) -> None:
         self.dim = self.step = None
         self.starts = []
         runs = 1
@@ -365,7 +372,7 @@ class _Plan:
             if runs > 64:
                 break
             slab = math.prod(shape) // max(size, 1) * itemsize  # bytes of one index along d
-            if slab <= max_bytes and (workers + 1) * (max_bytes // slab) < size:
+            if slab <= max_bytes and 2 * (max_bytes // slab) <= size:
                 self.dim, self.step = d, max_bytes // slab
                 self.starts = list(range(0, size, self.step))
                 return
@@ -382,9 +389,9 @@ def blocks(lazy: Lazy, transfer: Optional[Transfer] = None):
     """The value of ``lazy`` as ``(origin, contiguous CPU tensor)`` blocks, in order: each block
     is the hyperslab of the value at index ``origin`` with the block's shape.
 
-    A value that is a strided view of a CPU tensor never exists as a whole: blocks are copied
-    (transposed) from the tensor by worker threads while the caller consumes earlier ones. Any
-    other value is one block, ``lazy.read()``. A yielded block is only valid until the next one.
+    A value that is a strided view of a CPU tensor never exists as a whole: each block is
+    copied (transposed) from the tensor into one reused buffer. Any other value is one block,
+    ``lazy.read()``. A yielded block is only valid until the next one.
     """
     view = lazy.strided()
     if (
@@ -406,41 +413,16 @@ def blocks(lazy: Lazy, transfer: Optional[Transfer] = None):
         with Transfer() as transfer:
             yield from blocks(lazy, transfer)
         return
-    plan = _Plan(tuple(value.shape), value.element_size(), transfer.max_bytes, transfer.workers)
+    plan = _Plan(tuple(value.shape), value.element_size(), transfer.max_bytes)
     if plan.dim is None:
         yield zero, value.contiguous()
         return
-    slots, pool, workers = transfer.slots(), transfer.pool(), transfer.workers
-
-    def produce(k: int) -> torch.Tensor:
-        raw, scratch = slots[k % len(slots)]
-        src = plan.slab(value, plan.starts[k])
+    raw, scratch = transfer.buffers()
+    for start in plan.starts:
+        src = plan.slab(value, start)
         buf = _typed(raw, tuple(src.shape), value.dtype)
         _copy(buf, src, scratch.view(value.dtype))
-        return buf
-
-    # block k is consumed while blocks k+1 .. k+workers are made: workers + 1 buffers
-    n = len(plan.starts)
-    futures = [pool.submit(produce, k) for k in range(min(workers, n))]
-    try:
-        for k, start in enumerate(plan.starts):
-            buf = futures[k].result()
-            if k + workers < n:
-                futures.append(pool.submit(produce, k + workers))
-            yield plan.origin(value.dim(), start), buf
-    finally:
-        _drain(futures)
-
-
-def _drain(futures) -> None:
-    """Wait for every started block (after an error, so no thread still touches the buffers)."""
-    for f in futures:
-        f.cancel()
-    for f in futures:
-        try:
-            f.result()
-        except BaseException:  # noqa: BLE001 - the first error has been raised already
-            pass
+        yield plan.origin(value.dim(), start), buf
 
 
 def _in_root_order(target: torch.Tensor, view: Strided, root_shape: tuple) -> Optional[torch.Tensor]:
@@ -465,8 +447,8 @@ def _in_root_order(target: torch.Tensor, view: Strided, root_shape: tuple) -> Op
 
 def _load_blocks(source, dst: torch.Tensor, dtype: torch.dtype, transfer: Optional[Transfer]) -> None:
     """Fill ``dst`` (shaped like ``source``) from ``source``: straight into ``dst`` when its
-    layout and dtype match, else block by block through small buffers, copying (transposing)
-    blocks on worker threads while the next ones are read."""
+    layout and dtype match, else block by block through one reused buffer, each block copied
+    (transposed) into place."""
     if dst.numel() == 0:
         return
     zero = (0,) * dst.dim()
@@ -476,28 +458,18 @@ def _load_blocks(source, dst: torch.Tensor, dtype: torch.dtype, transfer: Option
     if transfer is None:
         with Transfer() as transfer:
             return _load_blocks(source, dst, dtype, transfer)
-    plan = _Plan(tuple(dst.shape), dtype.itemsize, transfer.max_bytes, transfer.workers)
+    plan = _Plan(tuple(dst.shape), dtype.itemsize, transfer.max_bytes)
     if plan.dim is None:
         buf = torch.empty(tuple(dst.shape), dtype=dtype)
         source.read_block(zero, buf)
         _copy(dst, buf, None, True)
         return
-    slots, pool = transfer.slots(), transfer.pool()
-    futures = []
-    try:
-        for k, start in enumerate(plan.starts):
-            if k >= len(slots):
-                futures[k - len(slots)].result()  # that block is copied: its buffer is free
-            raw, scratch = slots[k % len(slots)]
-            part = plan.slab(dst, start)
-            buf = _typed(raw, tuple(part.shape), dtype)
-            source.read_block(plan.origin(dst.dim(), start), buf)
-            futures.append(pool.submit(_copy, part, buf, scratch.view(dtype), True))
-    except BaseException:
-        _drain(futures)
-        raise
-    for f in futures:
-        f.result()
+    raw, scratch = transfer.buffers()
+    for start in plan.starts:
+        part = plan.slab(dst, start)
+        buf = _typed(raw, tuple(part.shape), dtype)
+        source.read_block(plan.origin(dst.dim(), start), buf)
+        _copy(part, buf, scratch.view(dtype), True)
 
 
 def to_numpy(tensor: torch.Tensor) -> tuple[np.ndarray, Optional[str]]:
