@@ -186,3 +186,12 @@ def test_nested_model_called_twice(tmp_path):
     ours = tkio.load_model(path, compile=False)
     assert_close_rel(ours.predict([xa, xb]), model.predict([xa, xb], verbose=0), 1e-5)
     assert not any(p.requires_grad for p in ours.module.layers["inner"].layers["bn"].parameters())
+
+
+@pytest.mark.slow
+def test_torch_compile(cnn_file):
+    path, _, x, ref = cnn_file
+    model = tkio.load_model(path, compile=False).module
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        assert_close_rel(compiled(torch.from_numpy(x)), ref, 1e-5)
