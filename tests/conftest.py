@@ -7,6 +7,7 @@ os.environ["KERAS_BACKEND"] = "torch"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
 def _np(x):
@@ -23,3 +24,12 @@ def assert_close_rel(actual, expected, rtol):
     err = float(np.max(np.abs(a - e))) if e.size else 0.0
     assert scale > 0, "reference output is all zeros: the comparison would prove nothing"
     assert err <= rtol * scale, f"max|a-b| = {err:.3g} > {rtol:g} * max|ref| ({scale:.3g}); rel {err / scale:.3g}"
+
+
+def keras_module(flavor: str):
+    """The oracle: tf_keras ("tf_keras") or Keras 3 on its torch backend ("keras3")."""
+    if flavor == "tf_keras":
+        return pytest.importorskip("tf_keras")
+    keras = pytest.importorskip("keras")
+    assert keras.backend.backend() == "torch", "keras was imported before conftest set KERAS_BACKEND=torch"
+    return keras

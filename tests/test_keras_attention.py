@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
-from conftest import assert_close_rel
+from conftest import assert_close_rel, keras_module
 
 import torchkeras_io as tkio
 
@@ -33,14 +33,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
-
-
-def keras_module(flavor: str):
-    if flavor == "tf_keras":
-        return pytest.importorskip("tf_keras")
-    keras = pytest.importorskip("keras")
-    assert keras.backend.backend() == "torch", "keras was imported before conftest set KERAS_BACKEND=torch"
-    return keras
 
 
 @dataclasses.dataclass

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close_rel
+from conftest import assert_close_rel, keras_module
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -34,14 +34,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file"),
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
-
-
-def keras_module(flavor: str):
-    if flavor == "tf_keras":
-        return pytest.importorskip("tf_keras")
-    keras = pytest.importorskip("keras")
-    assert keras.backend.backend() == "torch", "keras was imported before conftest set KERAS_BACKEND=torch"
-    return keras
 
 
 # ------------------------------------------------------------------------------- torch wrappers

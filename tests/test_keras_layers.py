@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import pytest
-from conftest import assert_close_rel
+from conftest import assert_close_rel, keras_module
 
 import torchkeras_io as tkio
 
@@ -30,14 +30,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Do not pass an `input_shape`"),
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
-
-
-def keras_module(flavor: str):
-    if flavor == "tf_keras":
-        return pytest.importorskip("tf_keras")
-    keras = pytest.importorskip("keras")
-    assert keras.backend.backend() == "torch", "keras was imported before conftest set KERAS_BACKEND=torch"
-    return keras
 
 
 # ------------------------------------------------------------------------------------ cases

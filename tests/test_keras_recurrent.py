@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close_rel
+from conftest import assert_close_rel, keras_module
 from torch import nn
 
 import torchkeras_io as tkio
@@ -43,14 +43,6 @@ MASKS = {
     "runs": np.array([[0, 0, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 0]], bool),
     "holes": np.array([[1, 0, 1, 1, 0, 1], [0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1], [0, 1, 0, 1, 1, 0]], bool),
 }
-
-
-def keras_module(flavor: str):
-    if flavor == "tf_keras":
-        return pytest.importorskip("tf_keras")
-    keras = pytest.importorskip("keras")
-    assert keras.backend.backend() == "torch", "keras was imported before conftest set KERAS_BACKEND=torch"
-    return keras
 
 
 # ------------------------------------------------------------------------------------ inputs
