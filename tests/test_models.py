@@ -195,3 +195,16 @@ def test_torch_compile(cnn_file):
     compiled = torch.compile(model)
     with torch.no_grad():
         assert_close_rel(compiled(torch.from_numpy(x)), ref, 1e-5)
+
+
+def test_to_json_of_a_loaded_model_gives_back_its_config(cnn_file):
+    path, config, x, ref = cnn_file
+    model = tkio.load_model(path, compile=False)
+    again = tkio.model_from_json(tkio.to_json(model))
+    again.load_weights(path)
+    again.eval()
+    assert_close_rel(again.predict(x), ref, 1e-5)
+    rebuilt = tf_keras.models.model_from_json(tkio.to_json(model))
+    assert [layer.name for layer in rebuilt.layers] == [
+        layer["name"] for layer in json.loads(config)["config"]["layers"]
+    ]

@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from . import losses, metrics  # noqa: E402
 from .errors import (  # noqa: E402
     CheckpointExistsError,
     FileFormatError,
@@ -10,7 +11,7 @@ from .errors import (  # noqa: E402
     UnsupportedLayerError,
     WeightMismatchError,
 )
-from .models import Model, load_model, model_from_json, model_from_yaml  # noqa: E402
+from .models import History, Model, load_model, model_from_json, model_from_yaml  # noqa: E402
 from .registration import register_serializable  # noqa: E402
 from .saving import save_model, to_json, to_yaml  # noqa: E402
 from .weights import LoadReport, Mismatch, load_weights, save_weights  # noqa: E402
@@ -18,6 +19,7 @@ from .weights import LoadReport, Mismatch, load_weights, save_weights  # noqa: E
 __all__ = [
     "CheckpointExistsError",
     "FileFormatError",
+    "History",
     "LoadReport",
     "Model",
     "Mismatch",
@@ -26,6 +28,8 @@ __all__ = [
     "UnsupportedLayerError",
     "WeightMismatchError",
     "load_model",
+    "losses",
+    "metrics",
     "load_weights",
     "model_from_json",
     "model_from_yaml",

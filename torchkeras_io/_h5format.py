@@ -13,6 +13,8 @@ full-model files.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import os
 from typing import Any, Iterable, Optional, Sequence
@@ -201,6 +203,7 @@ class _Writer:
 
     def __init__(self, transfer: Optional[Transfer] = None) -> None:
         self.transfer = transfer
+        self._io = None  # the thread that writes a large dataset's blocks
         track_order = h5py.get_config().track_order
         self.dcpl = h5p.create(h5p.DATASET_CREATE)
         self.dcpl.set_obj_track_times(False)
@@ -288,28 +291,53 @@ class _Writer:
             save_attributes(h5py.Group(obj), name, data)
 
     def dataset(self, group, path: str, lazy: Lazy, made: dict) -> None:
-        """Write one lazy tensor, block by block when it is a large view of a CPU tensor."""
+        """Write one lazy tensor, block by block when it is a large view of a CPU tensor: each
+        block is written on a second thread while the next one is made (transposed) here."""
         parent, name = self.parent_of(group, path, made)
         if lazy.numel() * lazy.dtype.itemsize <= BLOCK_BYTES:
             value = lazy.read()  # small: one copy is cheaper than any bookkeeping
             parts = (((0,) * value.dim(), value),)
         else:
             parts = blocks(lazy, self.transfer)
-        dset = shape = None
-        for origin, block in parts:
-            array, marker = to_numpy(block)
-            array = np.asarray(array, order="C")
-            if dset is None:
-                shape = array.shape if tuple(array.shape) == lazy.shape else lazy.shape
-                dset = h5d.create(parent, name, self.htype(array.dtype), h5s.create_simple(shape), dcpl=self.dcpl)
-                if marker is not None:
-                    self.attr(dset, DTYPE_ATTR, marker, fresh=True)
-            if array.shape == shape:
-                dset.write(h5s.ALL, h5s.ALL, array)
-            else:
-                fspace = dset.get_space()
-                fspace.select_hyperslab(origin, array.shape)
-                dset.write(h5s.create_simple(array.shape), fspace, array)
+        dset = shape = pending = written = None
+        try:
+            for origin, block in parts:
+                array, marker = to_numpy(block)
+                array = np.asarray(array, order="C")
+                if dset is None:
+                    shape = array.shape if tuple(array.shape) == lazy.shape else lazy.shape
+                    dset = h5d.create(parent, name, self.htype(array.dtype), h5s.create_simple(shape), dcpl=self.dcpl)
+                    if marker is not None:
+                        self.attr(dset, DTYPE_ATTR, marker, fresh=True)
+                if array.shape == shape:
+                    dset.write(h5s.ALL, h5s.ALL, array)
+                    continue
+                written = self.io().submit(_write_block, dset, origin, array)
+                if pending is not None:
+                    pending.result()  # that block's buffer is free for the next block
+                pending, written = written, None
+            if pending is not None:
+                pending.result()
+        finally:
+            for f in (pending, written):  # after an error: nothing may still write
+                if f is not None:
+                    concurrent.futures.wait([f])
+
+    def io(self):
+        if self._io is None:
+            self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="torchkeras_io")
+        return self._io
+
+    def close(self) -> None:
+        if self._io is not None:
+            self._io.shutdown(wait=True)
+            self._io = None
+
+
+def _write_block(dset, origin: tuple, array: np.ndarray) -> None:
+    fspace = dset.get_space()
+    fspace.select_hyperslab(origin, array.shape)
+    dset.write(h5s.create_simple(array.shape), fspace, array)
 
 
 def _exists(group, path: bytes) -> bool:
@@ -322,14 +350,14 @@ def _exists(group, path: bytes) -> bool:
 
 
 def _write_dataset(group: h5py.Group, path: str, lazy: Lazy) -> None:
-    _Writer().dataset(group.id, path, lazy, {})
+    with contextlib.closing(_Writer()) as w:
+        w.dataset(group.id, path, lazy, {})
 
 
 def write_weights_group(group: h5py.Group, layers: Iterable[LayerRecord], top_level: Sequence[Lazy] = ()) -> None:
     """Write the legacy weights layout into ``group`` (file root or ``model_weights``)."""
     layers = list(layers)
-    with Transfer() as transfer:
-        w = _Writer(transfer)
+    with Transfer() as transfer, contextlib.closing(_Writer(transfer)) as w:
         save_attributes(group, "layer_names", [layer.name for layer in layers])
         group.attrs["backend"] = BACKEND.encode("utf-8")
         group.attrs["keras_version"] = KERAS_VERSION.encode("utf-8")

@@ -324,9 +324,10 @@ class Transfer:
     per tensor: freed buffers interleaved with HDF5's small allocations would fragment the heap
     and stay resident. The buffers go when the ``with`` block ends.
 
-    Blocks are moved on the calling thread, one after the other. Worker threads (transposing
-    the next block while HDF5 reads or writes this one) were measured slower on the 2-CPU
-    machine this was tuned on: the transpose kernel and the I/O do not scale across its CPUs.
+    Blocks are transposed on the calling thread. Two block buffers let a writer write one
+    block on another thread while the next is made (see :func:`blocks`); loads read and
+    transpose on the calling thread, which measured fastest on the 2-CPU machine this was tuned
+    on (a reading thread and the transposes competed for the CPUs rather than overlapping).
     """
 
     def __init__(self, max_bytes: Optional[int] = None) -> None:
@@ -334,9 +335,9 @@ class Transfer:
         self._buffers: Optional[tuple] = None
 
     def buffers(self) -> tuple:
-        """(block, scratch): byte buffers of ``max_bytes`` each."""
+        """(block, block, scratch): byte buffers of ``max_bytes`` each."""
         if self._buffers is None:
-            self._buffers = tuple(torch.empty(self.max_bytes, dtype=torch.uint8) for _ in range(2))
+            self._buffers = tuple(torch.empty(self.max_bytes, dtype=torch.uint8) for _ in range(3))
         return self._buffers
 
     def close(self) -> None:
@@ -390,8 +391,9 @@ def blocks(lazy: Lazy, transfer: Optional[Transfer] = None):
     is the hyperslab of the value at index ``origin`` with the block's shape.
 
     A value that is a strided view of a CPU tensor never exists as a whole: each block is
-    copied (transposed) from the tensor into one reused buffer. Any other value is one block,
-    ``lazy.read()``. A yielded block is only valid until the next one.
+    copied (transposed) from the tensor into one of two reused buffers. Any other value is one
+    block, ``lazy.read()``. A yielded block stays valid until the second next one is asked for,
+    so the caller may still be writing block k while block k + 1 is made.
     """
     view = lazy.strided()
     if (
@@ -417,10 +419,10 @@ def blocks(lazy: Lazy, transfer: Optional[Transfer] = None):
     if plan.dim is None:
         yield zero, value.contiguous()
         return
-    raw, scratch = transfer.buffers()
-    for start in plan.starts:
+    *raws, scratch = transfer.buffers()
+    for k, start in enumerate(plan.starts):
         src = plan.slab(value, start)
-        buf = _typed(raw, tuple(src.shape), value.dtype)
+        buf = _typed(raws[k % 2], tuple(src.shape), value.dtype)
         _copy(buf, src, scratch.view(value.dtype))
         yield plan.origin(value.dim(), start), buf
 
@@ -464,7 +466,7 @@ def _load_blocks(source, dst: torch.Tensor, dtype: torch.dtype, transfer: Option
         source.read_block(zero, buf)
         _copy(dst, buf, None, True)
         return
-    raw, scratch = transfer.buffers()
+    raw, _, scratch = transfer.buffers()
     for start in plan.starts:
         part = plan.slab(dst, start)
         buf = _typed(raw, tuple(part.shape), dtype)

@@ -15,6 +15,7 @@ from ._atomic import atomic_write_path
 from ._export import KERAS_VERSION, export_config
 from ._h5format import LayerRecord, write_weights_group
 from ._keras.graph import KerasGraph
+from ._optim import keras_variables, save_training
 from ._plan import plan
 from .errors import TorchKerasIOError, TorchKerasIOWarning, UnsupportedLayerError
 from .registration import registered_name
@@ -56,10 +57,21 @@ def to_yaml(module: nn.Module, *, input_shape: InputShape = None, channels_last:
 
 def save_model(model: nn.Module, filepath: Union[str, os.PathLike], *, optimizer=None, loss=None, metrics=None,
                overwrite: bool = True, include_optimizer: bool = True, input_shape: InputShape = None,
-               channels_last: bool = False) -> None:  # fmt: skip
-    """Save ``model`` as a Keras full-model HDF5 file that ``keras.models.load_model`` opens."""
-    if optimizer is not None or loss is not None or metrics:
-        raise TorchKerasIOError("saving the training configuration and optimizer state is not supported yet")
+               channels_last: bool = False, scheduler=None) -> None:  # fmt: skip
+    """Save ``model`` as a Keras full-model HDF5 file that ``keras.models.load_model`` opens.
+
+    With an ``optimizer`` (a ``torch.optim`` SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta, Adamax or
+    NAdam; default: ``model.optimizer`` of a :class:`Model`), ``loss`` and ``metrics`` (Keras names),
+    the file also holds Keras's ``training_config`` and ``optimizer_weights`` (tf-keras 2.11+ layout,
+    so Keras compiles and resumes from it) and a torch-side record from which
+    :func:`torchkeras_io.load_model` restores the optimizer (and a ``scheduler``) bit for bit.
+    """
+    from .models import Model
+
+    if isinstance(model, Model):
+        optimizer = model.optimizer if optimizer is None else optimizer
+        loss = model.loss if loss is None else loss
+        metrics = model.metrics if metrics is None else metrics
     module = _unwrap(model)
     torch_record = None
     try:
@@ -89,8 +101,11 @@ def save_model(model: nn.Module, filepath: Union[str, os.PathLike], *, optimizer
             else:
                 f.attrs["torch_config"] = json.dumps(torch_record).encode("utf-8")
             f.attrs["torchkeras_io_version"] = __version__
-            write_weights_group(f.create_group("model_weights"), records,
-                                top.layer.weights if torch_record and top is not None else ())  # fmt: skip
+            top_weights = top.layer.weights if torch_record and top is not None else ()
+            write_weights_group(f.create_group("model_weights"), records, top_weights)
+            if optimizer is not None or loss is not None or metrics:
+                layers = [(r.name, r.weights) for r in records] + [("top_level_model_weights", top_weights)]
+                save_training(f, keras_variables(layers), optimizer, loss, metrics, scheduler, include_optimizer)
 
 
 def _records(module: nn.Module, config: dict, sources: Optional[list]) -> list:

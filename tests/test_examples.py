@@ -1,0 +1,20 @@
+"""The README's main job and the weights demo run end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.parametrize("script", ["train_workflow.py", "weights_demo.py"])
+def test_example_runs(script):
+    pytest.importorskip("sklearn")
+    done = subprocess.run([sys.executable, str(EXAMPLES / script)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    if script == "train_workflow.py":
+        assert "identical outputs: True" in done.stdout and "after resuming" in done.stdout

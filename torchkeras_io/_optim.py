@@ -1,0 +1,797 @@
+"""Optimizer state and training config: torch.optim <-> Keras ``training_config`` / ``optimizer_weights``.
+
+See shared/reference/optimizers.md for the mappings. Two records are written by ``save_model``:
+
+* the Keras one (root attribute ``training_config`` and the ``/optimizer_weights`` group, in the
+  tf-keras 2.11+ layout) that ``tf_keras.models.load_model`` compiles and restores;
+* a torch-side one (group ``/torch_optimizer``: JSON attribute ``record`` plus one dataset per
+  state tensor, stored in the Keras layout of its parameter) from which ``load_model`` rebuilds
+  the torch optimizer and LR scheduler bit for bit.
+
+``load_model`` uses the torch-side record when present, else converts the Keras state
+(tf-keras 2.11+, optimizer_v2, Keras 3, Keras 2.0-2.3 layouts).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import warnings
+from typing import Optional
+
+import h5py
+import numpy as np
+import torch
+from torch import nn
+
+from ._h5format import load_attributes, save_attributes
+from ._tensors import Lazy, from_numpy, to_numpy
+from .errors import FileFormatError, TorchKerasIOError, TorchKerasIOWarning
+
+TORCH_GROUP = "torch_optimizer"
+OPT_GROUP = "optimizer_weights"
+
+#: torch optimizer classes by name (never imported by name)
+TORCH_OPTIMIZERS = {
+    "SGD": torch.optim.SGD,
+    "Adam": torch.optim.Adam,
+    "AdamW": torch.optim.AdamW,
+    "RMSprop": torch.optim.RMSprop,
+    "Adagrad": torch.optim.Adagrad,
+    "Adadelta": torch.optim.Adadelta,
+    "Adamax": torch.optim.Adamax,
+    "NAdam": torch.optim.NAdam,
+}
+_LRS = torch.optim.lr_scheduler
+#: LR schedulers whose state_dict is plain data, with their constructor arguments
+TORCH_SCHEDULERS = {
+    "StepLR": (_LRS.StepLR, ("step_size", "gamma")),
+    "MultiStepLR": (_LRS.MultiStepLR, ("milestones", "gamma")),
+    "ExponentialLR": (_LRS.ExponentialLR, ("gamma",)),
+    "CosineAnnealingLR": (_LRS.CosineAnnealingLR, ("T_max", "eta_min")),
+    "LinearLR": (_LRS.LinearLR, ("start_factor", "end_factor", "total_iters")),
+    "ConstantLR": (_LRS.ConstantLR, ("factor", "total_iters")),
+    "PolynomialLR": (_LRS.PolynomialLR, ("total_iters", "power")),
+}
+#: Keras class name -> torch name
+KERAS_TO_TORCH = {"SGD": "SGD", "Adam": "Adam", "AdamW": "AdamW", "RMSprop": "RMSprop", "Adagrad": "Adagrad",
+                  "Adadelta": "Adadelta", "Adamax": "Adamax", "Nadam": "NAdam"}  # fmt: skip
+_HYPER_KEYS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "betas", "eps", "amsgrad", "alpha",
+               "centered", "lr_decay", "initial_accumulator_value", "rho", "momentum_decay",
+               "decoupled_weight_decay", "maximize", "initial_lr")  # fmt: skip
+
+
+def _warn(msg: str, stacklevel: int = 4) -> None:
+    warnings.warn(msg, TorchKerasIOWarning, stacklevel=stacklevel)
+
+
+# ------------------------------------------------------------------------ param <-> Keras weight
+def _root(lazy: Lazy):
+    """The tensor a Keras weight is a pure view of, or None (computed from several tensors)."""
+    origin = lazy._origin
+    while origin is not None and origin[0] == "map":
+        origin = origin[1]._origin
+    if origin is None or origin[0] != "root" or not isinstance(origin[1], torch.Tensor):
+        return None
+    return origin[1] if lazy.strided() is not None else None
+
+
+def _to_keras(lazy: Lazy, t: torch.Tensor) -> torch.Tensor:
+    """``t`` (shaped as the weight's root) in the Keras layout: the weight's transforms replayed."""
+    origin = lazy._origin
+    if origin[0] == "root":
+        return t
+    return origin[2](_to_keras(origin[1], t))
+
+
+def _from_keras(parts: list, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_to_keras`: ``[(Lazy, tensor in its Keras layout)]`` (the Keras weights one
+    parameter is split into, usually one) written through their views into a tensor like the parameter."""
+    out = torch.zeros(like.shape, dtype=parts[0][1].dtype)
+    for lazy, k in parts:
+        view = lazy.strided()
+        if view is None or like.stride() != out.stride():
+            raise TorchKerasIOError(f"weight '{lazy.name}' is not a plain view of its parameter")
+        out.as_strided(view.shape, view.stride, view.offset).copy_(k.reshape(view.shape))
+    return out
+
+
+def param_parts(kvars: list) -> dict:
+    """``{parameter: [KVar]}`` in first-appearance order (a parameter may be several Keras weights)."""
+    out: dict = {}
+    for v in kvars:
+        if v.param is not None:
+            out.setdefault(v.param, []).append(v)
+    return out
+
+
+@dataclasses.dataclass
+class KVar:
+    """One Keras trainable variable: its name (``layer/weight``), lazy view, and torch parameter."""
+
+    key: str
+    lazy: Lazy
+    param: Optional[nn.Parameter]
+
+
+def keras_variables(layers, frozen_too: bool = True) -> list:
+    """Keras ``model.trainable_variables`` order from ``[(layer name, [Lazy])]`` in model layer order.
+
+    ``frozen_too=False`` leaves out parameters with ``requires_grad=False`` (layers Keras marked
+    ``trainable: false`` are built frozen)."""
+    out = []
+    for name, weights in layers:
+        for lazy in weights:
+            root = _root(lazy)
+            origin = lazy._origin
+            while origin is not None and origin[0] == "map":
+                origin = origin[1]._origin
+            raw = origin[1] if origin is not None and origin[0] == "root" else None
+            if isinstance(raw, nn.Parameter) and (frozen_too or raw.requires_grad):
+                out.append(KVar(f"{name}/{lazy.name}", lazy, root if isinstance(root, nn.Parameter) else None))
+            elif origin is None and not lazy.name.endswith(("moving_mean", "moving_variance")):
+                # computed from several parameters (e.g. a recurrent bias b_ih + b_hh): a Keras
+                # variable whose optimizer state has no torch counterpart
+                out.append(KVar(f"{name}/{lazy.name}", lazy, None))
+    return out
+
+
+# ----------------------------------------------------------------------------------- JSON helpers
+def _jsonable(value):
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, collections.Counter):
+        return {"__counter__": [[k, v] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(type(value).__name__)
+
+
+def _unjson(value):
+    if isinstance(value, dict) and set(value) == {"__counter__"}:
+        return collections.Counter({k: v for k, v in value["__counter__"]})
+    return value
+
+
+# ================================================================================= torch -> Keras
+def _torch_name(optimizer) -> str:
+    if isinstance(optimizer, str):
+        raise TorchKerasIOError(
+            f"the optimizer is only a name ({optimizer!r}): build it (e.g. train once) before saving"
+        )
+    for name, cls in TORCH_OPTIMIZERS.items():
+        if type(optimizer) is cls:
+            return name
+    raise TorchKerasIOError(
+        f"cannot save a {type(optimizer).__name__} optimizer; supported: {sorted(TORCH_OPTIMIZERS)}"
+    )
+
+
+def _float(x) -> float:
+    return float(x.item() if isinstance(x, torch.Tensor) else x)
+
+
+def keras_optimizer_config(name: str, group: dict) -> tuple:
+    """(Keras class name, tf-keras 2.11+ config, notes on what is approximate)."""
+    notes = []
+    lr = _float(group["lr"])
+    cfg = {"name": None, "weight_decay": None, "clipnorm": None, "global_clipnorm": None, "clipvalue": None,
+           "use_ema": False, "ema_momentum": 0.99, "ema_overwrite_frequency": None, "jit_compile": False,
+           "is_legacy_optimizer": False, "learning_rate": lr}  # fmt: skip
+    wd = float(group.get("weight_decay", 0.0) or 0.0)
+    decoupled = name == "AdamW" or bool(group.get("decoupled_weight_decay", False))
+    if wd and not decoupled and not (name == "SGD" and not group.get("momentum")):
+        notes.append(f"torch's coupled L2 weight_decay={wd} has no Keras optimizer counterpart (dropped)")
+    elif wd:
+        cfg["weight_decay"] = wd
+    if group.get("maximize"):
+        notes.append("maximize=True has no Keras counterpart")
+    if name == "SGD":
+        kname = "SGD"
+        cfg.update(momentum=float(group["momentum"]), nesterov=bool(group["nesterov"]))
+        if group.get("dampening"):
+            notes.append(f"dampening={group['dampening']} has no Keras counterpart")
+    elif name in ("Adam", "AdamW"):
+        kname = "AdamW" if decoupled else "Adam"
+        b1, b2 = group["betas"]
+        cfg.update(beta_1=float(b1), beta_2=float(b2), epsilon=float(group["eps"]), amsgrad=bool(group["amsgrad"]))
+        if group["eps"]:
+            notes.append(
+                "Adam epsilon: torch adds eps to sqrt(v/bc2), Keras to sqrt(v) (eps_torch = eps_keras/sqrt(bc2))"
+            )
+    elif name == "RMSprop":
+        kname = "RMSprop"
+        cfg.update(rho=float(group["alpha"]), momentum=float(group["momentum"]), epsilon=float(group["eps"]),
+                   centered=bool(group["centered"]))  # fmt: skip
+        if group["eps"]:
+            notes.append("RMSprop epsilon: torch adds it outside the square root, Keras inside")
+    elif name == "Adagrad":
+        kname = "Adagrad"
+        cfg.update(initial_accumulator_value=float(group["initial_accumulator_value"]), epsilon=float(group["eps"]))
+        if group["eps"]:
+            notes.append("Adagrad epsilon: torch adds it outside the square root, Keras 2.11+ inside")
+        if group.get("lr_decay"):
+            notes.append(f"Adagrad lr_decay={group['lr_decay']} is not representable as a float learning rate")
+    elif name == "Adadelta":
+        kname = "Adadelta"
+        cfg.update(rho=float(group["rho"]), epsilon=float(group["eps"]))
+    elif name == "Adamax":
+        kname = "Adamax"
+        b1, b2 = group["betas"]
+        cfg.update(beta_1=float(b1), beta_2=float(b2), epsilon=float(group["eps"]))
+        if group["eps"]:
+            notes.append("Adamax epsilon: torch puts it inside the max, Keras adds it to the norm (u = exp_inf - eps)")
+    elif name == "NAdam":
+        kname = "Nadam"
+        b1, b2 = group["betas"]
+        cfg.update(beta_1=float(b1), beta_2=float(b2), epsilon=float(group["eps"]))
+        if float(group["momentum_decay"]) != 1.0:
+            notes.append(f"NAdam momentum_decay={group['momentum_decay']}: Keras 2.11+ Nadam uses 1.0")
+    else:  # pragma: no cover
+        raise TorchKerasIOError(f"no Keras counterpart for {name}")
+    cfg["name"] = kname
+    return kname, cfg, notes
+
+
+def _keras_slots(name: str, group: dict, st: dict, shape_like: torch.Tensor) -> dict:
+    """Keras slot tensors (torch layout) for one parameter from its torch state."""
+
+    def get(key, default=0.0):
+        v = st.get(key)
+        return v.detach().cpu() if isinstance(v, torch.Tensor) else torch.full_like(shape_like, default)
+
+    lr = _float(group["lr"])
+    if name == "SGD":
+        return {"m": -lr * get("momentum_buffer")}
+    if name in ("Adam", "AdamW"):
+        out = {"m": get("exp_avg"), "v": get("exp_avg_sq")}
+        if group["amsgrad"]:
+            out["vhat"] = get("max_exp_avg_sq")
+        return out
+    if name == "RMSprop":
+        out = {"velocity": get("square_avg")}
+        if group["momentum"]:
+            out["momentum"] = lr * get("momentum_buffer")
+        if group["centered"]:
+            out["average_gradient"] = get("grad_avg")
+        return out
+    if name == "Adagrad":
+        return {"accumulator": get("sum", float(group["initial_accumulator_value"]))}
+    if name == "Adadelta":
+        return {"accumulated_grad": get("square_avg"), "accumulated_delta_var": get("acc_delta")}
+    if name == "Adamax":
+        return {"m": get("exp_avg"), "u": (get("exp_inf") - float(group["eps"])).clamp_min(0)}
+    if name == "NAdam":
+        return {"m": get("exp_avg"), "v": get("exp_avg_sq")}
+    raise AssertionError(name)  # pragma: no cover
+
+
+#: tf-keras 2.11+ order of slots: (slot names, interleaved per variable?)
+def _new_layout(kname: str, cfg: dict) -> list:
+    """[(slot names interleaved per variable)] blocks, in tf-keras 2.11+ build order."""
+    if kname == "SGD":
+        return [["m"]]
+    if kname in ("Adam", "AdamW"):
+        return [["m", "v"]] + ([["vhat"]] if cfg.get("amsgrad") else [])
+    if kname == "RMSprop":
+        out = [["velocity"]]
+        if cfg.get("momentum", 0) > 0:
+            out.append(["momentum"])
+        if cfg.get("centered"):
+            out.append(["average_gradient"])
+        return out
+    if kname == "Adagrad":
+        return [["accumulator"]]
+    if kname == "Adadelta":
+        return [["accumulated_grad", "accumulated_delta_var"]]
+    if kname == "Adamax":
+        return [["m", "u"]]
+    if kname == "Nadam":
+        return [["m", "v"]]
+    raise AssertionError(kname)  # pragma: no cover
+
+
+def _write_tensor(group: h5py.Group, path: str, t: torch.Tensor) -> None:
+    array, marker = to_numpy(t.detach().cpu().contiguous())
+    dset = group.create_dataset(path, data=np.asarray(array))
+    if marker is not None:
+        dset.attrs["torch_dtype"] = marker
+
+
+def save_training(f: h5py.File, kvars: list, optimizer, loss, metrics, scheduler, include_optimizer: bool) -> None:
+    """Write ``training_config``, ``/optimizer_weights`` and the torch-side record into ``f``."""
+    if optimizer is None:
+        if loss is not None or metrics:
+            _warn("loss/metrics were given without an optimizer: Keras compiles only with one, so they are not saved")
+        return
+    name = _torch_name(optimizer)
+    groups = optimizer.param_groups
+    kname, cfg, notes = keras_optimizer_config(name, groups[0])
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+    if any(_jsonable(h) != _jsonable(hyper[0]) for h in hyper[1:]):
+        notes.append("several param_groups with different hyper-parameters: Keras gets the first group's")
+    if loss is not None and not isinstance(loss, str):
+        notes.append(f"loss {loss!r} is not a Keras loss name: not saved")
+        loss = None
+    if metrics:
+        kept = [m for m in metrics if isinstance(m, str)]
+        if len(kept) != len(metrics):
+            notes.append("metrics that are not Keras names (strings) are not saved")
+        metrics = kept
+    training_config = {"loss": loss, "metrics": metrics, "weighted_metrics": None, "loss_weights": None,
+                       "optimizer_config": {"class_name": f"Custom>{kname}", "config": cfg}}  # fmt: skip
+    try:
+        f.attrs["training_config"] = json.dumps(training_config).encode("utf-8")
+    except TypeError as exc:
+        raise TorchKerasIOError(f"loss and metrics must be Keras names (strings) or None: {exc}") from exc
+    try:
+        if include_optimizer:
+            _save_state(f, kvars, optimizer, name, kname, cfg, scheduler, notes)
+    finally:
+        for note in notes:
+            _warn(
+                f"optimizer {name} -> Keras {kname}: {note}"
+                + (
+                    " (Keras side only: torchkeras_io.load_model restores the torch state exactly)"
+                    if include_optimizer
+                    else ""
+                ),
+                stacklevel=4,
+            )
+
+
+def _save_state(f: h5py.File, kvars: list, optimizer, name: str, kname: str, cfg: dict, scheduler, notes: list):
+    groups = optimizer.param_groups
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in groups]
+    by_param = {id(p): parts for p, parts in param_parts(kvars).items()}
+    group_of = {}
+    for gi, g in enumerate(groups):
+        for p in g["params"]:
+            group_of[id(p)] = gi
+    missing = [i for i, g in enumerate(groups) for p in g["params"] if id(p) not in by_param]
+    if missing:
+        notes.append(f"{len(missing)} optimizer parameter(s) are not plain views of a Keras weight (or not in the "
+                     "model): their state is not saved")  # fmt: skip
+    state = optimizer.state
+    steps = [_float(state[v.param]["step"]) for v in kvars if v.param is not None and "step" in state.get(v.param, {})]
+    if scheduler is not None and not steps:
+        steps.append(int(scheduler.last_epoch))
+    iteration = int(round(max(steps))) if steps else 0
+    if steps and len(set(steps)) > 1:
+        notes.append("parameters have different step counts: Keras iteration takes the largest")
+    if scheduler is not None:
+        notes.append("the LR scheduler is not converted for Keras: Keras gets the current learning rate as a constant")
+    # ---- Keras layout
+    og = f.create_group(OPT_GROUP)
+    names, tensors = ["iteration:0"], [torch.tensor(iteration, dtype=torch.int64)]
+    per_var = []
+    for v in kvars:
+        gi = group_of.get(id(v.param)) if v.param is not None else None
+        g = groups[gi] if gi is not None else groups[0]
+        st = state.get(v.param, {}) if gi is not None else {}
+        like = torch.zeros(v.lazy.shape) if v.param is None else torch.zeros(v.param.shape, dtype=v.param.dtype)
+        slots = _keras_slots(name, g, st, like)
+        per_var.append(
+            {k: (_to_keras(v.lazy, s) if v.param is not None else s).to(v.lazy.dtype) for k, s in slots.items()}
+        )
+    for block in _new_layout(kname, cfg):
+        for i, v in enumerate(kvars):
+            for slot in block:
+                names.append(f"{kname}/{slot}/{v.key}:0")
+                tensors.append(per_var[i][slot])
+    save_attributes(og, "weight_names", names)
+    for n, t in zip(names, tensors):
+        _write_tensor(og, n, t)
+    # ---- torch-side record
+    tg = f.create_group(TORCH_GROUP)
+    keys = [[by_param[id(p)][0].key if id(p) in by_param else None for p in g["params"]] for g in groups]
+    rec_state = {}
+    for param, parts in param_parts(kvars).items():
+        if param not in state:
+            continue
+        entry = {}
+        for k, val in state[param].items():
+            if isinstance(val, torch.Tensor):
+                keras_layout = val.dim() > 0 and tuple(val.shape) == tuple(param.shape)
+                if keras_layout:  # one dataset per Keras weight the parameter is split into
+                    paths = [f"state/{v.key}/{k}" for v in parts]
+                    for v, path in zip(parts, paths):
+                        _write_tensor(tg, path, _to_keras(v.lazy, val.detach()))
+                else:
+                    paths = [f"state/{parts[0].key}/{k}"]
+                    _write_tensor(tg, paths[0], val.detach())
+                entry[k] = {"datasets": paths, "keras_layout": keras_layout}
+            else:
+                entry[k] = {"value": _jsonable(val)}
+        rec_state[parts[0].key] = entry
+    record = {"class_name": name, "param_groups": [dict(_jsonable(h), params=k) for h, k in zip(hyper, keys)],
+              "state": rec_state}  # fmt: skip
+    if scheduler is not None:
+        sname = next((n for n, (cls, _) in TORCH_SCHEDULERS.items() if type(scheduler) is cls), None)
+        try:
+            if sname is None:
+                raise TypeError(type(scheduler).__name__)
+            record["scheduler"] = {"class_name": sname, "state": _jsonable(scheduler.state_dict())}
+        except TypeError as exc:
+            notes.append(f"LR scheduler {exc} is not saved (supported: {sorted(TORCH_SCHEDULERS)})")
+    tg.attrs["record"] = json.dumps(record).encode("utf-8")
+
+
+# ================================================================================= Keras -> torch
+@dataclasses.dataclass
+class Restored:
+    optimizer: Optional[torch.optim.Optimizer]
+    scheduler: object
+    loss: object
+    metrics: object
+
+
+def _read_dataset(group: h5py.Group, path: str, filepath: str) -> torch.Tensor:
+    obj = group.get(path, getlink=True)
+    if not isinstance(obj, h5py.HardLink):
+        raise FileFormatError(f"optimizer dataset '{path}' is missing or not a hard link", filepath=filepath)
+    dset = group[path]
+    if not isinstance(dset, h5py.Dataset) or dset.dtype.kind not in "fiub" and dset.dtype.itemsize != 2:
+        raise FileFormatError(f"optimizer entry '{path}' is not a numeric dataset", filepath=filepath)
+    marker = dset.attrs.get("torch_dtype")
+    marker = marker.decode() if isinstance(marker, bytes) else marker
+    return from_numpy(np.asarray(dset[()]), marker)
+
+
+def restore_training(f: h5py.File, filepath: str, training_config: Optional[str], kvars: list, device,
+                     keras_version: Optional[str], module: Optional[nn.Module] = None) -> Restored:  # fmt: skip
+    """The optimizer (and scheduler), loss and metrics stored in a full-model file."""
+    try:
+        tc = json.loads(training_config) if training_config else {}
+    except ValueError as exc:
+        raise FileFormatError(f"unreadable 'training_config': {exc}", filepath=filepath) from exc
+    out = Restored(None, None, tc.get("loss"), tc.get("metrics"))
+    if TORCH_GROUP in f:
+        out.optimizer, out.scheduler = _restore_torch_record(f[TORCH_GROUP], filepath, kvars, _others(module, kvars))
+        return out
+    oc = tc.get("optimizer_config")
+    if isinstance(oc, dict):
+        try:
+            out.optimizer = _restore_keras(f, filepath, oc, kvars, _others(module, kvars), keras_version)
+        except (TorchKerasIOError, KeyError, TypeError, ValueError, OSError) as exc:
+            # as Keras does with optimizer state it cannot use: the model still loads
+            _warn(f"{filepath}: the optimizer could not be restored ({exc}); model.optimizer is None", stacklevel=6)
+    return out
+
+
+def _others(module: Optional[nn.Module], kvars: list) -> list:
+    """Trainable parameters of ``module`` that are no plain view of a Keras weight (e.g. b_ih, b_hh)."""
+    if module is None:
+        return []
+    used = {id(v.param) for v in kvars if v.param is not None}
+    return [p for p in module.parameters() if p.requires_grad and id(p) not in used]
+
+
+def _restore_torch_record(tg: h5py.Group, filepath: str, kvars: list, others: list):
+    try:
+        record = json.loads(tg.attrs["record"])
+        name = record["class_name"]
+        cls = TORCH_OPTIMIZERS[name]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise FileFormatError(f"unreadable torch optimizer record: {exc}", filepath=filepath) from exc
+    parts_of = param_parts(kvars)
+    by_key = {v.key: v for v in kvars if v.param is not None}
+    groups, flat, dropped = [], [], 0
+    for g in record["param_groups"]:
+        params = []
+        for key in g["params"]:
+            if key is None:  # a parameter that was not a plain view of a Keras weight: the next such one
+                dropped += 1
+                if others:
+                    params.append(others.pop(0))
+                    flat.append(None)
+                continue
+            if key not in by_key:
+                raise TorchKerasIOError(f"the optimizer record names parameter '{key}', which the model lacks",
+                                        filepath=filepath)  # fmt: skip
+            params.append(by_key[key].param)
+            flat.append(key)
+        groups.append(params)
+    opt = cls([{"params": ps} for ps in groups], lr=record["param_groups"][0]["lr"])
+    scheduler = None
+    if "scheduler" in record:
+        sname = record["scheduler"]["class_name"]
+        scls, args = TORCH_SCHEDULERS[sname]
+        sstate = {k: _unjson(v) for k, v in record["scheduler"]["state"].items()}
+        for g in opt.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+        scheduler = scls(opt, **{a: sstate[a] for a in args})
+    sd_groups, i = [], 0
+    for g in record["param_groups"]:
+        hyper = {k: v for k, v in g.items() if k != "params"}
+        if "betas" in hyper:
+            hyper["betas"] = tuple(hyper["betas"])
+        n = len(groups[len(sd_groups)])
+        sd_groups.append(dict(hyper, params=list(range(i, i + n))))
+        i += n
+    sd_state = {}
+    for idx, key in enumerate(flat):
+        entry = record["state"].get(key) if key is not None else None
+        if entry is None:
+            continue
+        v = by_key[key]
+        parts = parts_of[v.param]
+        st = {}
+        for k, item in entry.items():
+            if "value" in item:
+                st[k] = item["value"]
+                continue
+            paths = item["datasets"]
+            tensors = [_read_dataset(tg, path, filepath) for path in paths]
+            if item.get("keras_layout"):
+                if len(paths) != len(parts):
+                    raise FileFormatError(f"state '{k}' of '{key}' has {len(paths)} parts, the model "
+                                          f"{len(parts)}", filepath=filepath)  # fmt: skip
+                t = _from_keras([(p.lazy, x) for p, x in zip(parts, tensors)], v.param.detach().cpu())
+            else:
+                t = tensors[0]
+            st[k] = t.to(v.param.device) if k != "step" else t
+        sd_state[idx] = st
+    opt.load_state_dict({"state": sd_state, "param_groups": sd_groups})
+    if dropped:
+        _warn(f"{filepath}: {dropped} optimizer parameter(s) of the saved {name} had no Keras weight of their own "
+              "whose state is not restored (they restart fresh)", stacklevel=7)  # fmt: skip
+    if scheduler is not None:
+        scheduler.load_state_dict(sstate)
+    return opt, scheduler
+
+
+def _generation(names: list, shapes: list, cfg: dict, keras_version: Optional[str]) -> str:
+    first = names[0].rsplit("/", 1)[-1] if names else ""
+    if any(n.endswith("learning_rate") or n.endswith("learning_rate:0") for n in names[:2]) or (
+        keras_version or ""
+    ).startswith("3"):
+        return "k3"
+    if first.startswith("iteration") and not first.startswith("iterations"):
+        return "new"
+    if cfg.get("is_legacy_optimizer") is False:
+        return "new"
+    if first.startswith("iter:") or first == "iter":
+        return "v2"
+    return "k2"
+
+
+def _v2_blocks(kname: str, cfg: dict, gen: str) -> list:
+    """Slot-major blocks of optimizer_v2 (and Keras 2.0-2.3), canonical slot names."""
+    if kname == "SGD":
+        return [["m"]] if gen == "k2" or cfg.get("momentum", 0) > 0 else []
+    if kname == "Adam":
+        return [["m"], ["v"]] + ([["vhat"]] if cfg.get("amsgrad") or gen == "k2" else [])
+    if kname == "RMSprop":
+        return ([["velocity"]] + ([["momentum"]] if cfg.get("momentum", 0) > 0 else [])
+                + ([["average_gradient"]] if cfg.get("centered") else []))  # fmt: skip
+    if kname == "Adagrad":
+        return [["accumulator"]]
+    if kname == "Adadelta":
+        return [["accumulated_grad"], ["accumulated_delta_var"]]
+    if kname in ("Adamax", "Nadam"):
+        return [["m"], ["u" if kname == "Adamax" else "v"]]
+    raise AssertionError(kname)  # pragma: no cover
+
+
+def _restore_keras(f: h5py.File, filepath: str, oc: dict, kvars: list, others: list, keras_version):
+    kname = str(oc.get("class_name", "")).removeprefix("Custom>")
+    cfg = dict(oc.get("config") or {})
+    if kname not in KERAS_TO_TORCH:
+        _warn(
+            f"{filepath}: Keras optimizer '{kname}' has no torch.optim counterpart; model.optimizer is left None",
+            stacklevel=7,
+        )
+        return None
+    if kname == "Adam" and cfg.get("weight_decay"):
+        kname = "AdamW"
+    tname = KERAS_TO_TORCH[kname]
+    notes = []
+    names, values = [], []
+    if OPT_GROUP in f:
+        og = f[OPT_GROUP]
+        names = load_attributes(og, "weight_names", filepath) or []
+        values = [_read_dataset(og, n, filepath) for n in names]
+    gen = _generation(names, [tuple(v.shape) for v in values], cfg, keras_version)
+    # ---- hyper-parameters
+    lr = cfg.get("learning_rate", cfg.get("lr", 0.001))
+    if isinstance(lr, dict):
+        inner = lr.get("config", {})
+        lr = float(inner.get("initial_learning_rate", inner.get("learning_rate", 0.001)))
+        notes.append(f"learning-rate schedule {lr_name(cfg)} is not converted: torch gets its initial value {lr}")
+    lr = float(lr)
+    if gen in ("v2", "k2") and cfg.get("decay"):
+        if kname != "Nadam":
+            notes.append(f"time-based decay={cfg['decay']} is not converted (use LambdaLR(lambda k: 1/(1+d*k)))")
+    for k in ("clipnorm", "clipvalue", "global_clipnorm"):
+        if cfg.get(k):
+            notes.append(f"{k}={cfg[k]} is a training-loop call in torch (clip_grad_*), not applied")
+    if cfg.get("use_ema"):
+        notes.append("use_ema: the EMA copies are not part of a torch optimizer")
+    eps = float(cfg.get("epsilon", 1e-7) if cfg.get("epsilon") is not None else 1e-7)
+    if gen == "v2" and not eps:
+        eps = 1e-7  # optimizer_v2 turns epsilon=0 into 1e-7
+    wd = float(cfg.get("weight_decay") or 0.0)
+    b1, b2 = float(cfg.get("beta_1", 0.9)), float(cfg.get("beta_2", 0.999))
+    if wd and kname not in ("AdamW", "Nadam") and not (kname == "SGD" and not cfg.get("momentum")):
+        notes.append(f"Keras decoupled weight_decay={wd} has no torch {tname} option (dropped)")
+    if tname == "SGD":
+        mom = float(cfg.get("momentum", 0.0))
+        kw = dict(lr=lr, momentum=mom, nesterov=bool(cfg.get("nesterov", False)) and mom > 0,
+                  weight_decay=wd if not cfg.get("momentum") else 0.0)  # fmt: skip
+    elif tname in ("Adam", "AdamW"):
+        kw = dict(lr=lr, betas=(b1, b2), eps=eps, amsgrad=bool(cfg.get("amsgrad", False)))
+        if tname == "AdamW":
+            kw["weight_decay"] = wd
+        if eps:
+            notes.append(f"Adam epsilon={eps}: Keras adds it to sqrt(v), torch to sqrt(v/(1-beta_2^t)) — "
+                         "slight drift where sqrt(v) is comparable to epsilon")  # fmt: skip
+    elif tname == "RMSprop":
+        mom = float(cfg.get("momentum", 0.0))
+        kw = dict(lr=lr, alpha=float(cfg.get("rho", 0.9)), eps=eps, momentum=mom, centered=bool(cfg.get("centered")))
+        if eps and not (gen in ("v2", "k2") and mom == 0):
+            notes.append(f"RMSprop epsilon={eps}: Keras adds it inside the square root, torch outside")
+    elif tname == "Adagrad":
+        kw = dict(lr=lr, eps=eps, initial_accumulator_value=float(cfg.get("initial_accumulator_value", 0.1)))
+        if eps and gen in ("new", "k3"):
+            notes.append(f"Adagrad epsilon={eps}: Keras adds it inside the square root, torch outside")
+    elif tname == "Adadelta":
+        kw = dict(lr=lr, rho=float(cfg.get("rho", 0.95)), eps=eps)
+    elif tname == "Adamax":
+        kw = dict(lr=lr, betas=(b1, b2), eps=eps)
+        if eps:
+            notes.append(f"Adamax epsilon={eps}: torch puts it inside the max, Keras adds it to the norm")
+    else:  # NAdam
+        psi = 1.0 if gen in ("new", "k3") else 0.004
+        kw = dict(lr=lr, betas=(b1, b2), eps=eps, momentum_decay=psi)
+        if wd:
+            kw.update(weight_decay=wd, decoupled_weight_decay=True)
+    params = list(param_parts(kvars))
+    if others:
+        notes.append(f"{len(others)} parameter(s) have no Keras variable of their own (e.g. a recurrent b_ih/b_hh "
+                     "pair is one Keras bias): they start with fresh optimizer state")  # fmt: skip
+    opt = TORCH_OPTIMIZERS[tname](params + others, **kw)
+    # ---- state
+    n = len(kvars)
+    if names:
+        slots, iteration = _split_slots(kname if kname != "AdamW" else "Adam", cfg, gen, names, values, n, notes)
+        if slots is not None and iteration is None and kname in ("RMSprop", "Adagrad", "Adadelta"):
+            iteration = 0  # their updates do not use the step: the accumulators carry over as they are
+            slots_ok = True
+        else:
+            slots_ok = slots is not None and bool(iteration)
+        if slots_ok:
+            if any(v.param is None for v in kvars):
+                notes.append("some Keras variables map to no single torch parameter; their state is dropped")
+            _set_state(opt, tname, kw, kvars, slots, iteration, notes)
+    for note in notes:
+        _warn(f"{filepath}: Keras {kname} -> torch {tname}: {note}", stacklevel=7)  # the load_model caller
+    return opt
+
+
+def lr_name(cfg: dict) -> str:
+    lr = cfg.get("learning_rate")
+    return str(lr.get("class_name")) if isinstance(lr, dict) else "?"
+
+
+def _split_slots(kname, cfg, gen, names, values, n, notes):
+    """([{slot: tensor (Keras layout)} per variable], iteration) or (None, 0) when the layout is not recognised."""
+    vals = list(values)
+    iteration = None  # None: the file has no counter (Keras <= 2.2 RMSprop, Adagrad, Adadelta)
+    if vals and vals[0].dim() == 0 and vals[0].dtype in (torch.int32, torch.int64, torch.float32, torch.float64):
+        iteration = int(vals.pop(0).item())
+    elif gen == "k2" and kname in ("SGD", "Adam", "Adamax", "Nadam"):
+        notes.append("no iterations counter in the file")
+    if gen == "k3":
+        if vals and vals[0].dim() == 0 and len(names) > 1 and "learning_rate" in names[1]:
+            vals.pop(0)
+        if kname == "Nadam" and vals and vals[-1].dim() == 0:
+            vals.pop()
+    if gen == "v2" and kname == "Nadam" and vals and vals[0].dim() == 0:
+        vals.pop(0)  # momentum_cache: recomputed from the step
+    if gen in ("new", "k3"):
+        blocks = _new_layout(kname, cfg)
+        if gen == "k3" and kname == "SGD" and not cfg.get("momentum"):
+            blocks = []
+    else:
+        blocks = _v2_blocks(kname, cfg, gen)
+        if gen == "k2" and kname == "Adam" and len(vals) == 2 * n:
+            blocks = blocks[:2]  # Keras < 2.1.3: no vhat placeholders
+    expected = sum(len(b) for b in blocks) * n
+    if len(vals) != expected:
+        notes.append(f"{len(vals)} optimizer slot variables in the file, {expected} expected for {n} trainable "
+                     f"variables ({gen} layout): optimizer state not restored")  # fmt: skip
+        return None, iteration
+    per_var = [{} for _ in range(n)]
+    it = iter(vals)
+    for block in blocks:
+        interleaved = len(block) > 1 and gen in ("new", "k3")
+        if interleaved:
+            for i in range(n):
+                for s in block:
+                    per_var[i][s] = next(it)
+        else:
+            for s in block:
+                for i in range(n):
+                    per_var[i][s] = next(it)
+    return per_var, iteration
+
+
+def _nadam_mu_product(t: int, b1: float, psi: float) -> float:
+    prod = 1.0
+    for i in range(1, t + 1):
+        prod *= b1 * (1.0 - 0.5 * 0.96 ** (i * psi))
+    return prod
+
+
+def _set_state(opt, tname, kw, kvars, slots, iteration, notes):
+    lr = kw["lr"]
+    state = {}
+    index = {id(v): i for i, v in enumerate(kvars)}
+    for idx, (param, parts) in enumerate(param_parts(kvars).items()):
+        like = param.detach().cpu()
+
+        def get(s, parts=parts, like=like, param=param):
+            pieces = []
+            for v in parts:
+                t = slots[index[id(v)]][s]
+                if tuple(t.shape) != tuple(v.lazy.shape):
+                    raise FileFormatError(f"optimizer slot '{s}' of '{v.key}' has shape {tuple(t.shape)}, the "
+                                          f"weight {v.lazy.shape}")  # fmt: skip
+                pieces.append((v.lazy, t.to(like.dtype)))
+            return _from_keras(pieces, like).to(param.device)
+
+        step = torch.tensor(float(iteration), dtype=torch.float32)
+        if tname == "SGD":
+            if not kw["momentum"]:
+                continue
+            st = {"momentum_buffer": get("m") / -lr}
+        elif tname in ("Adam", "AdamW"):
+            st = {"step": step, "exp_avg": get("m"), "exp_avg_sq": get("v")}
+            if kw["amsgrad"]:
+                st["max_exp_avg_sq"] = get("vhat")
+        elif tname == "RMSprop":
+            st = {"step": step, "square_avg": get("velocity")}
+            if kw["momentum"]:
+                st["momentum_buffer"] = get("momentum") / lr
+            if kw["centered"]:
+                st["grad_avg"] = get("average_gradient")
+        elif tname == "Adagrad":
+            st = {"step": step, "sum": get("accumulator")}
+        elif tname == "Adadelta":
+            st = {"step": step, "square_avg": get("accumulated_grad"), "acc_delta": get("accumulated_delta_var")}
+        elif tname == "Adamax":
+            st = {"step": step, "exp_avg": get("m"), "exp_inf": get("u") + kw["eps"]}
+        else:
+            mu = _nadam_mu_product(iteration, kw["betas"][0], kw["momentum_decay"])
+            st = {"step": step, "exp_avg": get("m"), "exp_avg_sq": get("v"), "mu_product": torch.tensor(mu)}
+        state[idx] = st
+    sd = opt.state_dict()
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+__all__ = ["KVar", "Restored", "keras_variables", "restore_training", "save_training"]
+
+
+def restore_for_model(module: nn.Module, filepath: str, training_config: Optional[str], layer_names, device,
+                      keras_version: Optional[str]) -> Restored:  # fmt: skip
+    """:func:`restore_training` for a module loaded from ``filepath`` (Keras layer order from the file)."""
+    from ._h5format import WeightsReader
+    from ._plan import plan
+
+    slots, top = plan(module, layer_names)
+    with WeightsReader(filepath) as reader:
+        order = {name: i for i, name in enumerate(reader.layer_names)}
+    slots = sorted(slots, key=lambda s: order.get(s.name, len(order)))
+    layers = [(s.name, s.layer.weights) for s in slots]
+    if top is not None:
+        layers.append((top.name, top.layer.weights))
+    with h5py.File(filepath, "r") as f:
+        kvars = keras_variables(layers, frozen_too=TORCH_GROUP in f)
+        return restore_training(f, filepath, training_config, kvars, device, keras_version, module)
