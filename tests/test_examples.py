@@ -18,3 +18,18 @@ def test_example_runs(script):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     if script == "train_workflow.py":
         assert "identical outputs: True" in done.stdout and "after resuming" in done.stdout
+
+
+@pytest.mark.parametrize("notebook", sorted((EXAMPLES.parent / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_notebook_executes(notebook, tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("sklearn")
+    nb = nbformat.read(notebook, as_version=4)
+    nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"
+    ]
+    assert not errors
