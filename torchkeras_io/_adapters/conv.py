@@ -211,24 +211,16 @@ def _assemble(layer, ctx, pre, conv, layout):
     return Built(nn.Sequential(*parts), layout, str(parts.index(conv)))
 
 
-@builds("Conv1D", "Conv2D", "Conv3D")
+@builds("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D")
 def _conv(layer, in_shapes, ctx):
     c = layer.config
     rank, cin, spatial, k, s, d, layout = _geometry(layer, in_shapes)
     padding, pre = _padded(layer, {}, rank, spatial, k, s, d)
-    groups = int(c.get("groups", 1) or 1)
-    conv = _CONV[rank](cin, int(c["filters"]), k, stride=s, padding=padding, dilation=d, groups=groups,
-                       bias=bool(c.get("use_bias", True)))  # fmt: skip
-    return _assemble(layer, ctx, pre, conv, layout)
-
-
-@builds("DepthwiseConv1D", "DepthwiseConv2D")
-def _depthwise(layer, in_shapes, ctx):
-    c = layer.config
-    rank, cin, spatial, k, s, d, layout = _geometry(layer, in_shapes)
-    padding, pre = _padded(layer, {}, rank, spatial, k, s, d)
-    dm = int(c.get("depth_multiplier", 1) or 1)
-    conv = _CONV[rank](cin, cin * dm, k, stride=s, padding=padding, dilation=d, groups=cin,
+    if layer.class_name.startswith("Depthwise"):  # one group per input channel, depth_multiplier outputs each
+        groups, filters = cin, cin * int(c.get("depth_multiplier", 1) or 1)
+    else:
+        groups, filters = int(c.get("groups", 1) or 1), int(c["filters"])
+    conv = _CONV[rank](cin, filters, k, stride=s, padding=padding, dilation=d, groups=groups,
                        bias=bool(c.get("use_bias", True)))  # fmt: skip
     return _assemble(layer, ctx, pre, conv, layout)
 
