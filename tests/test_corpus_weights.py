@@ -43,6 +43,8 @@ import torch
 from torch import nn
 
 import torchkeras_io as tkio
+from torchkeras_io._keras.config import _K1_CLASSES as KERAS1_CLASSES
+from torchkeras_io._keras.config import MODEL_CLASSES
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 if not CORPUS.is_dir():
@@ -107,16 +109,6 @@ NO_WEIGHTS = {"HTAKM__Denoising_autoencoder_pytorch2tfjs__denoising_autoencoder.
 
 RAW_KINDS = {"nested", "separable", "custom", "mha"}  # loaded into a raw (generic) module
 REFUSED_KINDS = {"gru_v1", "prelu_elem"}  # not loadable into their torch module
-MODEL_CLASSES = {"Sequential", "Model", "Functional"}
-KERAS1_CLASSES = {
-    "Convolution1D": "Conv1D",
-    "Convolution2D": "Conv2D",
-    "Convolution3D": "Conv3D",
-    "AtrousConvolution1D": "Conv1D",
-    "AtrousConvolution2D": "Conv2D",
-    "Deconvolution2D": "Conv2DTranspose",
-    "SeparableConvolution2D": "SeparableConv2D",
-}
 
 
 # ------------------------------------------------------------------------------ reading the file
