@@ -154,6 +154,47 @@ class EncoderBlock(nn.Module):
         return x + self.cross(x, x * 0.5, x, need_weights=False)[0]
 
 
+class SeqFirstLSTM(nn.Module):
+    """torchtext style: (time, batch) token ids, sequence-first recurrent layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(30, 6)
+        self.lstm = nn.LSTM(6, 5, num_layers=2, bidirectional=True)
+        self.fc = nn.Linear(10 + 10 + 5, 3)
+
+    def forward(self, ids):
+        out, (h, _) = self.lstm(self.emb(ids))
+        return self.fc(torch.cat([out[-1], out.mean(0), h[-1]], dim=1))
+
+
+class TransposedGRU(nn.Module):
+    """Batch-first input made sequence-first inside forward, then back."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(30, 6)
+        self.gru = nn.GRU(6, 7)
+        self.fc = nn.Linear(7, 2)
+
+    def forward(self, ids):
+        seq, _ = self.gru(self.emb(ids).transpose(0, 1))
+        return self.fc(seq.permute(1, 0, 2)[:, -1] + seq[0])
+
+
+class SeqFirstEncoder(nn.Module):
+    def __init__(self, d=8):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d, 2)
+        self.ln = nn.LayerNorm(d)
+        self.ff = nn.Linear(d, d)
+
+    def forward(self, x):  # (time, batch, features) in and out
+        a, _ = self.attn(x, x, x)
+        x = self.ln(x + a)
+        return x + torch.relu(self.ff(x))
+
+
 CASES = {
     "mlp": (_mlp, [(10,)], 1e-5),
     "vgg": (_vgg, [(3, 16, 16)], 1e-5),
@@ -166,8 +207,15 @@ CASES = {
     "lstm_text": (TextLSTM, [(7,)], 1e-4),
     "bigru_text": (TextBiGRU, [(9,)], 1e-4),
     "transformer_block": (EncoderBlock, [(6, 16)], 1e-5),
+    "lstm_seq_first": (SeqFirstLSTM, [(7,)], 1e-4),
+    "gru_transposed": (TransposedGRU, [(5,)], 1e-4),
+    "transformer_seq_first": (SeqFirstEncoder, [(5, 8)], 1e-5),
 }
-INT_INPUTS = {"lstm_text": 50, "bigru_text": 40}
+INT_INPUTS = {"lstm_text": 50, "bigru_text": 40, "lstm_seq_first": 30, "gru_transposed": 30}
+# torch batch axis of the inputs and outputs where it is not 0 (the Keras model takes and gives the batch first)
+BATCH_AXIS = {"lstm_seq_first": (1, 0), "transformer_seq_first": (1, 1)}
+KERAS3_MHA = {"transformer_block", "transformer_seq_first"}
+PARAMS = [(name, cl) for name in CASES for cl in (False, True) if not (cl and name in BATCH_AXIS)]
 
 
 def _prepare(factory):
@@ -185,13 +233,15 @@ def _prepare(factory):
     return module.eval()
 
 
-def _inputs(shapes, channels_last, vocab=None):
+def _inputs(shapes, channels_last, vocab=None, batch_axis=0):
+    """(torch inputs, Keras inputs): the same batch of 3, batch at ``batch_axis`` for torch."""
     rng = np.random.default_rng(1)
     if vocab:
-        xs = [rng.integers(0, vocab, size=(3,) + tuple(s)).astype("int64") for s in shapes]
-        return xs, xs
-    xs = [rng.normal(size=(3,) + tuple(s)).astype("float32") for s in shapes]
-    keras_xs = [np.moveaxis(x, 1, -1) if channels_last and x.ndim >= 3 else x for x in xs]
+        keras_xs = [rng.integers(0, vocab, size=(3,) + tuple(s)).astype("int64") for s in shapes]
+    else:
+        keras_xs = [rng.normal(size=(3,) + tuple(s)).astype("float32") for s in shapes]
+    xs = [np.ascontiguousarray(np.moveaxis(x, 0, batch_axis)) for x in keras_xs]
+    keras_xs = [np.moveaxis(x, 1, -1) if channels_last and x.ndim >= 3 else x for x in keras_xs]
     return xs, keras_xs
 
 
@@ -199,35 +249,41 @@ def _inputs(shapes, channels_last, vocab=None):
 def exported(tmp_path_factory):
     out = {}
     root = tmp_path_factory.mktemp("export")
-    for name, (factory, shapes, _) in CASES.items():
+    for name, channels_last in PARAMS:
+        factory, shapes, _ = CASES[name]
         module = _prepare(factory)
-        for channels_last in (False, True):
-            path = root / f"{name}_{channels_last}.h5"
-            tkio.save_model(module, path, input_shape=shapes if len(shapes) > 1 else shapes[0],
-                            channels_last=channels_last)  # fmt: skip
-            out[(name, channels_last)] = (module, path)
+        path = root / f"{name}_{channels_last}.h5"
+        tkio.save_model(module, path, input_shape=shapes if len(shapes) > 1 else shapes[0],
+                        channels_last=channels_last, batch_axis=BATCH_AXIS.get(name, (0,))[0])  # fmt: skip
+        out[(name, channels_last)] = (module, path)
     return out
 
 
-def _torch_outputs(module, xs, channels_last):
+def _torch_outputs(module, xs, channels_last, batch_axis=0):
+    """The module's outputs, batch first (and channels last if asked) as the Keras model gives them."""
     with torch.no_grad():
         ys = module(*[torch.from_numpy(x) for x in xs])
-    ys = ys if isinstance(ys, tuple) else (ys,)
-    return [np.moveaxis(y.numpy(), 1, -1) if channels_last and y.dim() >= 3 else y.numpy() for y in ys]
+    ys = [np.moveaxis(y.numpy(), batch_axis, 0) for y in (ys if isinstance(ys, tuple) else (ys,))]
+    return [np.moveaxis(y, 1, -1) if channels_last and y.ndim >= 3 else y for y in ys]
 
 
-@pytest.mark.parametrize("channels_last", [False, True], ids=["torch_layout", "channels_last"])
-@pytest.mark.parametrize("name", list(CASES))
+def _case_io(name, channels_last, module):
+    _, shapes, rtol = CASES[name]
+    b_in, b_out = BATCH_AXIS.get(name, (0, 0))
+    xs, keras_xs = _inputs(shapes, channels_last, INT_INPUTS.get(name), b_in)
+    return keras_xs, _torch_outputs(module, xs, channels_last, b_out), rtol
+
+
+@pytest.mark.parametrize(("name", "channels_last"), PARAMS,
+                         ids=[f"{n}-{'channels_last' if c else 'torch_layout'}" for n, c in PARAMS])  # fmt: skip
 @pytest.mark.parametrize("oracle", ["tf_keras", "keras3"])
 def test_real_keras_loads_and_matches(exported, name, channels_last, oracle):
-    if oracle == "keras3" and name == "transformer_block":
+    if oracle == "keras3" and name in KERAS3_MHA:
         # No legacy config both read: tf-keras needs query/key/value_shape and value= by keyword, which Keras 3
         # rejects; Keras 3 fails the same way on the files tf-keras itself writes for MultiHeadAttention.
         pytest.xfail("Keras 3 cannot load tf-keras MultiHeadAttention configs (tf-keras's own files included)")
     module, path = exported[(name, channels_last)]
-    _, shapes, rtol = CASES[name]
-    xs, keras_xs = _inputs(shapes, channels_last, INT_INPUTS.get(name))
-    refs = _torch_outputs(module, xs, channels_last)
+    keras_xs, refs, rtol = _case_io(name, channels_last, module)
     lib = tf_keras if oracle == "tf_keras" else keras
     model = lib.models.load_model(path, compile=False)
     ys = model.predict(keras_xs if len(keras_xs) > 1 else keras_xs[0], verbose=0)
@@ -240,9 +296,7 @@ def test_real_keras_loads_and_matches(exported, name, channels_last, oracle):
 @pytest.mark.parametrize("name", list(CASES))
 def test_our_loader_reads_our_export(exported, name):
     module, path = exported[(name, False)]
-    _, shapes, rtol = CASES[name]
-    xs, _ = _inputs(shapes, False, INT_INPUTS.get(name))
-    refs = _torch_outputs(module, xs, False)
+    xs, refs, rtol = _case_io(name, False, module)
     ys = tkio.load_model(path, compile=False).predict(xs if len(xs) > 1 else xs[0])
     ys = ys if isinstance(ys, list) else [ys]
     for y, ref in zip(ys, refs):
@@ -347,3 +401,25 @@ def test_record_names_are_looked_up_never_imported(tmp_path):
         f.attrs["torch_config"] = json.dumps({"registered_name": "os>system", "config": {"command": "true"}})
     with pytest.raises(tkio.TorchKerasIOError, match="register_serializable"):
         tkio.load_model(path)
+
+
+class SeqFirstReshape(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.RNN(4, 3)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return out.reshape(-1, 3)  # mixes time and batch: no Keras equivalent
+
+
+def test_sequence_first_limits_are_named():
+    with pytest.raises(tkio.UnsupportedLayerError, match="batch is not its first axis"):
+        tkio.to_json(SeqFirstReshape(), input_shape=(5, 4), batch_axis=1)
+    with pytest.raises(tkio.TorchKerasIOError, match="batch_axis"):
+        tkio.to_json(SeqFirstReshape(), input_shape=(5, 4), batch_axis=3)
+    with pytest.raises(tkio.TorchKerasIOError, match="channels_last=True needs batch-first"):
+        tkio.to_json(SeqFirstReshape(), input_shape=(5, 4), batch_axis=1, channels_last=True)
+    # batch-first data into a sequence-first RNN: time and batch would be swapped
+    with pytest.raises(tkio.UnsupportedLayerError, match="needs the batch in torch axis 1"):
+        tkio.to_json(nn.Sequential(nn.RNN(4, 3)), input_shape=(5, 4))

@@ -5,7 +5,9 @@ value is followed as a Keras tensor together with a permutation ``perm`` such th
 ``keras_tensor == torch_tensor.permute(perm)``: the Keras model takes the torch module's own
 input layout, convolutions run channels-last (TensorFlow has no channels-first convolution
 on CPU), and ``Permute`` layers appear only where a consumer needs another order — torch
-``permute``/``transpose`` calls cost nothing, they just change ``perm``.
+``permute``/``transpose`` calls cost nothing, they just change ``perm``. Keras tensors always
+carry the batch first, so ``perm[0]`` is the torch axis holding the batch: sequence-first torch
+values ``(time, batch, features)`` are followed as Keras ``(batch, time, features)``.
 """
 
 from __future__ import annotations
@@ -41,9 +43,23 @@ class KT:
     def rank(self) -> int:
         return len(self.shape)
 
+    @property
+    def batch_axis(self) -> int:
+        """The torch axis that holds the batch (Keras axis 0)."""
+        return self.perm[0]
+
+    @property
+    def keras_shape(self) -> tuple:
+        return tuple(self.shape[p] for p in self.perm)
+
     def keras_axis(self, torch_axis: int) -> int:
         """Position of torch axis ``torch_axis`` in the Keras tensor."""
         return self.perm.index(torch_axis % self.rank)
+
+    def torch_order(self) -> tuple:
+        """torch's own axis order with the batch axis moved first (identity for batch-first values)."""
+        b = self.batch_axis
+        return (b,) + tuple(a for a in range(self.rank) if a != b)
 
 
 def identity(rank: int) -> tuple:
@@ -65,6 +81,7 @@ class ExportContext:
         self._by_name: dict = {}
         self._module_layer: dict = {}  # (id(module), part) -> layer entry, for modules called twice
         self.weights: list = []
+        self._permuted: dict = {}  # (KT, perm) -> KT: one Permute layer per value and order
         self.node = None  # the fx node being exported, for error messages
 
     # -- naming
@@ -125,13 +142,18 @@ class ExportContext:
         perm = tuple(perm)
         if x.perm == perm:
             return x
-        dims = [x.perm.index(p) for p in perm]
-        if dims[0] != 0:
-            raise self.fail("the batch axis would move")
-        return self.add1("Permute", {"dims": dims[1:]}, x, x.shape, perm, name=f"{self._hint()}_permute")
+        if perm[0] != x.batch_axis:
+            raise self.fail(f"it needs the batch in torch axis {perm[0]} but it is in axis {x.batch_axis} "
+                            "(Keras keeps the batch first)")  # fmt: skip
+        if (x, perm) not in self._permuted:
+            dims = [x.perm.index(p) for p in perm]
+            self._permuted[x, perm] = self.add1("Permute", {"dims": dims[1:]}, x, x.shape, perm,
+                                                name=f"{self._hint()}_permute")  # fmt: skip
+        return self._permuted[x, perm]
 
     def as_torch(self, x: KT) -> KT:
-        return self.permute(x, identity(x.rank))
+        """``x`` in torch's axis order, except that the batch comes first."""
+        return self.permute(x, x.torch_order())
 
     def as_channels_last(self, x: KT) -> KT:
         return self.permute(x, channels_last(x.rank))
@@ -170,14 +192,15 @@ def _trace(module: nn.Module) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(module, graph)
 
 
-def _example_inputs(gm: torch.fx.GraphModule, input_shapes: list) -> list:
+def _example_inputs(gm: torch.fx.GraphModule, input_shapes: list, batch_axes: list) -> list:
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != len(input_shapes):
         raise TorchKerasIOError(f"the module takes {len(placeholders)} input(s); input_shape gives {len(input_shapes)}")
     out = []
     g = torch.Generator().manual_seed(0)
-    for node, shape in zip(placeholders, input_shapes):
-        shape = (2,) + tuple(8 if s is None else int(s) for s in shape)
+    for node, shape, b in zip(placeholders, input_shapes, batch_axes):
+        shape = [8 if s is None else int(s) for s in shape]
+        shape = tuple(shape[:b] + [2] + shape[b:])
         feeds_embedding = any(u.op == "call_module" and isinstance(gm.get_submodule(u.target), nn.Embedding)
                               for u in node.users)  # fmt: skip
         out.append(torch.zeros(shape, dtype=torch.long) if feeds_embedding else torch.randn(shape, generator=g))
@@ -191,7 +214,15 @@ def _module_device(module: nn.Module) -> torch.device:
 
 
 # ------------------------------------------------------------------------------------ export
-def export_config(module: nn.Module, input_shape=None, *, channels_last_io: bool = False) -> tuple:
+def _batch_axes(batch_axis, shapes: list) -> list:
+    axes = list(batch_axis) if isinstance(batch_axis, (list, tuple)) else [batch_axis] * len(shapes)
+    if len(axes) != len(shapes) or not all(isinstance(b, int) and 0 <= b <= len(s) for b, s in zip(axes, shapes)):
+        raise TorchKerasIOError(f"batch_axis {batch_axis!r} does not fit the inputs of per-sample shapes {shapes}: give "
+                                "one axis index per input, between 0 and the input's rank")  # fmt: skip
+    return axes
+
+
+def export_config(module: nn.Module, input_shape=None, *, channels_last_io: bool = False, batch_axis=0) -> tuple:
     """(Keras model config dict, weight sources, context) for ``module``."""
     from . import _adapters  # noqa: F401  (registers the family exporters)
 
@@ -199,13 +230,16 @@ def export_config(module: nn.Module, input_shape=None, *, channels_last_io: bool
         input_shape = _guess_input_shape(module)
     shapes = [tuple(input_shape)] if not input_shape or not isinstance(input_shape[0], (list, tuple)) else [
         tuple(s) for s in input_shape]  # fmt: skip
+    batch_axes = _batch_axes(batch_axis, shapes)
+    if channels_last_io and any(batch_axes):
+        raise TorchKerasIOError("channels_last=True needs batch-first inputs (batch_axis=0)")
     gm = _trace(module)
     interp = torch.fx.Interpreter(gm, garbage_collect_values=False)
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad():
-            interp.run(*[x.to(_module_device(module)) for x in _example_inputs(gm, shapes)])
+            interp.run(*[x.to(_module_device(module)) for x in _example_inputs(gm, shapes, batch_axes)])
     except Exception as exc:
         raise TorchKerasIOError(f"running {type(module).__name__} on inputs of shape {shapes} failed: {exc}") from exc
     finally:
@@ -214,11 +248,12 @@ def export_config(module: nn.Module, input_shape=None, *, channels_last_io: bool
     ctx = ExportContext(module, _snake(type(module).__name__))
     env: dict = {}
     outputs = None
+    placeholders = iter(batch_axes)
     for node in gm.graph.nodes:
         ctx.node = node
         if node.op == "placeholder":
-            v = values[node]
-            perm = channels_last(v.dim()) if channels_last_io else identity(v.dim())
+            v, b = values[node], next(placeholders)
+            perm = channels_last(v.dim()) if channels_last_io else (b,) + tuple(a for a in range(v.dim()) if a != b)
             env[node] = ctx.input(node.name, tuple(v.shape), v.dtype, perm)
         elif node.op == "output":
             outputs = _map(node.args[0], env)
@@ -438,14 +473,20 @@ def _shape_op(ctx, name: str, x: KT, args, kwargs, value) -> Any:
             perm = channels_last(value.dim()) if keep else identity(value.dim())
             return ctx.add1(f"GlobalAveragePooling{rank - 2}D", {"keepdims": keep}, x, tuple(value.shape), perm,
                             name=ctx.node.name)  # fmt: skip
-        if rank == 3 and dims == [1] and not keep:  # mean over the time axis of (N, L, C)
-            x = ctx.permute(x, (0, 1, 2))
-            return ctx.add1("GlobalAveragePooling1D", {}, x, tuple(value.shape), identity(2), name=ctx.node.name)
+        if rank == 3 and len(dims) == 1 and dims[0] != x.batch_axis and not keep:  # over time: (N, L, C) or (L, N, C)
+            b, t = x.batch_axis, dims[0]
+            x = ctx.permute(x, (b, t, 3 - b - t))
+            return ctx.add1(
+                "GlobalAveragePooling1D", {}, x, tuple(value.shape), _dropped(x.perm, t), name=ctx.node.name
+            )
         raise ctx.fail(f"mean over axes {dims} of a rank-{rank} tensor")
     if name == "softmax":
         dim = args[0] if args else kwargs.get("dim")
         return _softmax(ctx, x, dim, value)
     # view / reshape / flatten / (un)squeeze: Keras reshapes in its own axis order, so go torch order
+    if x.batch_axis != 0:
+        raise ctx.fail("reshaping a tensor whose batch is not its first axis (make it batch-first, e.g. "
+                       ".transpose(0, 1), before reshaping)")  # fmt: skip
     x = ctx.as_torch(x)
     out_shape = tuple(value.shape)
     if out_shape[0] != x.shape[0]:
@@ -462,10 +503,12 @@ def _repermuted(ctx, x: KT, d: list, value) -> KT:
     inv = [0] * len(d)
     for i, di in enumerate(d):
         inv[di] = i
-    perm = tuple(inv[p] for p in x.perm)
-    if perm[0] != 0:
-        raise ctx.fail("permutations that move the batch axis")
-    return KT(x.ref, perm, tuple(value.shape), x.dtype)
+    return KT(x.ref, tuple(inv[p] for p in x.perm), tuple(value.shape), x.dtype)
+
+
+def _dropped(perm: tuple, axis: int) -> tuple:
+    """``perm`` of a tensor after torch axis ``axis`` is indexed or reduced away."""
+    return tuple(p - (p > axis) for p in perm if p != axis)
 
 
 def _getitem(ctx, x, index, value) -> Any:
@@ -473,15 +516,19 @@ def _getitem(ctx, x, index, value) -> Any:
         return x[index]
     if not isinstance(x, KT):
         return value
-    # x[:, i] / x[:, -1, :] on (N, L, C): one time step
+    # one time step of a sequence: x[:, i] on (N, L, C), x[i] on (L, N, C)
     idx = index if isinstance(index, tuple) else (index,)
-    if (x.rank == 3 and len(idx) >= 2 and idx[0] == slice(None) and isinstance(idx[1], int)
-            and all(i == slice(None) for i in idx[2:])):  # fmt: skip
-        length = x.shape[1]
-        i = idx[1] % length
-        t = ctx.as_torch(x)
-        cropped = ctx.add1("Cropping1D", {"cropping": [i, length - i - 1]}, t, (x.shape[0], 1, x.shape[2]), (0, 1, 2),
+    ints = [a for a, i in enumerate(idx) if isinstance(i, int)]
+    if (x.rank == 3 and len(ints) == 1 and ints[0] != x.batch_axis
+            and all(i == slice(None) for a, i in enumerate(idx) if a != ints[0])):  # fmt: skip
+        b, t = x.batch_axis, ints[0]
+        c = 3 - b - t
+        length = x.shape[t]
+        i = idx[t] % length
+        seq = ctx.permute(x, (b, t, c))
+        one = tuple(1 if a == t else n for a, n in enumerate(x.shape))
+        cropped = ctx.add1("Cropping1D", {"cropping": [i, length - i - 1]}, seq, one, seq.perm,
                            name=f"{ctx.node.name}_crop")  # fmt: skip
-        return ctx.add1("Reshape", {"target_shape": [x.shape[2]]}, cropped, tuple(value.shape), (0, 1),
+        return ctx.add1("Reshape", {"target_shape": [x.shape[c]]}, cropped, tuple(value.shape), _dropped(seq.perm, t),
                         name=ctx.node.name)  # fmt: skip
     raise ctx.fail(f"indexing a tensor with {index!r}")

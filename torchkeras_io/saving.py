@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import h5py
 from torch import nn
@@ -21,6 +21,7 @@ from .errors import TorchKerasIOError, TorchKerasIOWarning, UnsupportedLayerErro
 from .registration import registered_name
 
 InputShape = Union[tuple, list, None]
+BatchAxis = Union[int, Sequence[int]]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -29,35 +30,41 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, Model) else model
 
 
-def _config(module: nn.Module, input_shape: InputShape, channels_last: bool):
+def _config(module: nn.Module, input_shape: InputShape, channels_last: bool, batch_axis: BatchAxis = 0):
     if isinstance(module, KerasGraph) and module.keras_config is not None:
         return module.keras_config, None
-    config, sources, _ = export_config(module, input_shape, channels_last_io=channels_last)
+    config, sources, _ = export_config(module, input_shape, channels_last_io=channels_last, batch_axis=batch_axis)
     return config, sources
 
 
-def to_json(module: nn.Module, *, input_shape: InputShape = None, channels_last: bool = False) -> str:
+def to_json(module: nn.Module, *, input_shape: InputShape = None, channels_last: bool = False,
+            batch_axis: BatchAxis = 0) -> str:  # fmt: skip
     """The Keras model config (JSON) of ``module``, which tf-keras 2.x and Keras 3 rebuild.
 
     ``input_shape``: per-sample shape (no batch axis), a list of them for several inputs; needed
     unless the first layer fixes it. The Keras model takes the module's own input layout
     (NCHW stays NCHW); ``channels_last=True`` makes it take and return channels-last tensors.
+    ``batch_axis``: where the batch is in each torch input (1 for sequence-first ``(time, batch,
+    ...)`` models; one per input or one for all). Keras tensors always have the batch first, so
+    the Keras model takes and returns batch-first tensors, the other axes in torch's order.
     """
-    return json.dumps(_config(_unwrap(module), input_shape, channels_last)[0])
+    return json.dumps(_config(_unwrap(module), input_shape, channels_last, batch_axis)[0])
 
 
-def to_yaml(module: nn.Module, *, input_shape: InputShape = None, channels_last: bool = False) -> str:
+def to_yaml(module: nn.Module, *, input_shape: InputShape = None, channels_last: bool = False,
+            batch_axis: BatchAxis = 0) -> str:  # fmt: skip
     """As :func:`to_json`, in YAML (needs PyYAML)."""
     try:
         import yaml
     except ImportError as exc:  # pragma: no cover
         raise TorchKerasIOError("to_yaml needs PyYAML: pip install pyyaml") from exc
-    return yaml.safe_dump(json.loads(to_json(module, input_shape=input_shape, channels_last=channels_last)))
+    text = to_json(module, input_shape=input_shape, channels_last=channels_last, batch_axis=batch_axis)
+    return yaml.safe_dump(json.loads(text))
 
 
 def save_model(model: nn.Module, filepath: Union[str, os.PathLike], *, optimizer=None, loss=None, metrics=None,
                overwrite: bool = True, include_optimizer: bool = True, input_shape: InputShape = None,
-               channels_last: bool = False, scheduler=None) -> None:  # fmt: skip
+               channels_last: bool = False, scheduler=None, batch_axis: BatchAxis = 0) -> None:  # fmt: skip
     """Save ``model`` as a Keras full-model HDF5 file that ``keras.models.load_model`` opens.
 
     With an ``optimizer`` (a ``torch.optim`` SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta, Adamax or
@@ -75,7 +82,7 @@ def save_model(model: nn.Module, filepath: Union[str, os.PathLike], *, optimizer
     module = _unwrap(model)
     torch_record = None
     try:
-        config, sources = _config(module, input_shape, channels_last)
+        config, sources = _config(module, input_shape, channels_last, batch_axis)
         records = _records(module, config, sources)
     except UnsupportedLayerError as exc:
         key = registered_name(module)

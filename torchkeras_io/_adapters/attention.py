@@ -226,8 +226,6 @@ def _additive_attention(layer, in_shapes, ctx):
 # ------------------------------------------------------------------------------- torch -> config
 @exports(nn.MultiheadAttention)
 def _export_mha(ctx, node, module, args, kwargs, value):
-    if not module.batch_first:
-        raise ctx.fail("batch_first=False: Keras attention takes (batch, time, features); use batch_first=True")
     if not MultiheadAttentionAdapter().match(module):
         raise ctx.fail("add_bias_kv, or biases on only some projections, have no Keras equivalent")
     if module.add_zero_attn:
@@ -238,13 +236,16 @@ def _export_mha(ctx, node, module, args, kwargs, value):
     call.update(kwargs)
     if call.get("key_padding_mask") is not None or call.get("attn_mask") is not None or call.get("is_causal"):
         raise ctx.fail("attention masks passed to MultiheadAttention")
-    q, k, v = (ctx.as_torch(call[n]) for n in ("query", "key", "value"))
+    seq = (0, 1, 2) if module.batch_first else (1, 0, 2)  # Keras takes (batch, time, features)
+    if any(call[n].rank != 3 for n in ("query", "key", "value")):
+        raise ctx.fail("unbatched (time, features) inputs to MultiheadAttention")
+    q, k, v = (ctx.permute(call[n], seq) for n in ("query", "key", "value"))
     out = value[0]
     cfg = {"num_heads": module.num_heads, "key_dim": module.head_dim, "value_dim": module.head_dim,
            "use_bias": module.in_proj_bias is not None, "dropout": 0.0, "output_shape": None, "attention_axes": [1],
            # tf-keras builds the layer from these (Keras 3 cannot read tf-keras attention configs at all)
-           "query_shape": [None, *q.shape[1:]], "key_shape": [None, *k.shape[1:]],
-           "value_shape": [None, *v.shape[1:]]}  # fmt: skip
+           "query_shape": [None, *q.keras_shape[1:]], "key_shape": [None, *k.keras_shape[1:]],
+           "value_shape": [None, *v.keras_shape[1:]]}  # fmt: skip
     source = WeightSource("", module, MultiheadAttentionAdapter(), 0, None)
     call_kwargs = {"value": v} if k is v else {"value": v, "key": k}
     y = ctx.add("MultiHeadAttention", cfg, q, [(tuple(out.shape), q.perm, q.dtype)], name=ctx.layer_name(node),

@@ -38,5 +38,5 @@ def _export_embedding(ctx, node, module, args, kwargs, value):
     x = ctx.as_torch(args[0])
     cfg = {"input_dim": module.num_embeddings, "output_dim": module.embedding_dim}
     source = WeightSource("", module, EmbeddingAdapter(), 0, None)
-    return ctx.add1("Embedding", cfg, x, tuple(value.shape), tuple(range(value.dim())), name=ctx.layer_name(node), module=module,
-                    weights=source)  # fmt: skip
+    return ctx.add1("Embedding", cfg, x, tuple(value.shape), x.perm + (x.rank,), name=ctx.layer_name(node),
+                    module=module, weights=source)  # fmt: skip

@@ -867,8 +867,6 @@ def _export_activation(ctx, fn, default: str) -> str:
 @exports(nn.LSTM, nn.GRU, nn.RNN)
 def _export_recurrent(ctx, node, module, args, kwargs, value):
     cls, base, gates = _kind(module)
-    if not module.batch_first:
-        raise ctx.fail("batch_first=False: Keras recurrent layers take (batch, time, features); use batch_first=True")
     if getattr(module, "proj_size", 0):
         raise ctx.fail("LSTM proj_size has no Keras equivalent")
     if len(args) > 1 and args[1] is not None or kwargs.get("hx") is not None:
@@ -879,8 +877,11 @@ def _export_recurrent(ctx, node, module, args, kwargs, value):
         activation = _export_activation(ctx, getattr(module, "keras_activation", None), "tanh")
     recurrent_activation = _export_activation(ctx, getattr(module, "keras_recurrent_activation", None), "sigmoid")
     name = ctx.layer_name(node)
-    x = ctx.as_torch(args[0])
-    n, length = x.shape[0], x.shape[1]
+    if args[0].rank != 3:
+        raise ctx.fail("unbatched (time, features) input to a recurrent module")
+    seq = (0, 1, 2) if module.batch_first else (1, 0, 2)  # Keras takes (batch, time, features)
+    x = ctx.permute(args[0], seq)
+    n, length = x.keras_shape[:2]
     units, dirs = module.hidden_size, 2 if module.bidirectional else 1
     states_per_dir = 2 if gates == 4 else 1
     h_n, c_n = [], []
@@ -892,7 +893,8 @@ def _export_recurrent(ctx, node, module, args, kwargs, value):
         if gates == 3:
             cfg["reset_after"] = _resets_after(module)
         lname = name if module.num_layers == 1 else f"{name}_l{k}"
-        outs = [((n, length, units * dirs), (0, 1, 2), x.dtype)] + [((n, units), (0, 1), x.dtype)] * (
+        shape = (n, length, units * dirs) if module.batch_first else (length, n, units * dirs)
+        outs = [(shape, seq, x.dtype)] + [((n, units), (0, 1), x.dtype)] * (
             states_per_dir * dirs)  # fmt: skip
         source = WeightSource("", module, RecurrentAdapter(), k, None)
         if dirs == 2:
