@@ -16,6 +16,13 @@ torch.save and safetensors do not, so their fsync is timed separately and shown 
     python benchmarks/bench_weights.py --size-gb 1.5 --repeat 3
     python benchmarks/bench_weights.py --quick          # ~200 MB smoke run
     python benchmarks/bench_weights.py --small          # 1000 Linear(32, 32): 2,000 tiny tensors
+    python benchmarks/bench_weights.py --quick --compression gzip   # save_weights(compression=...)
+    python benchmarks/bench_weights.py --by-name 2 --cold   # load 2 layers by name vs all: time, bytes read
+
+``--by-name K`` saves the model once with save_weights, then alternates a full load_weights with
+a ``by_name=True`` load into a module holding only the last K layers, and reports time and the
+bytes each read: ``rchar`` (bytes the process asked the kernel for, page cache included) and
+``read_bytes`` (bytes fetched from the disk: meaningful with ``--cold``) from ``/proc/self/io``.
 """
 
 from __future__ import annotations
@@ -126,6 +133,16 @@ class Sampler:
         self.peak_anon = max(self.peak_anon, anon)
 
 
+def _proc_io() -> dict:
+    """rchar (bytes asked of read syscalls) and read_bytes (bytes from the disk) so far."""
+    try:
+        with open("/proc/self/io") as fh:
+            fields = dict(line.split(": ") for line in fh.read().splitlines())
+        return {k: int(fields[k]) for k in ("rchar", "read_bytes")}
+    except (OSError, KeyError, ValueError):
+        return {"rchar": 0, "read_bytes": 0}
+
+
 def _fsync(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -146,15 +163,27 @@ def child(job: dict) -> dict:
 
     op, method, path = job["op"], job["method"], job["path"]
     model = build_model(job["spec"], seed=0 if op == "save" else 1)
+    if op == "load_part":
+        from torch import nn
+
+        part = nn.Sequential()  # the listed layers only, under their names in the full model
+        for i in job["layers"]:
+            part.add_module(str(i), model[i])
+        model = part
     gc.collect()
     sampler = Sampler()
     base_rss, base_anon = sampler.sample()
     maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     fsync_s = 0.0
+    compression = job.get("compression")
+    io_before = _proc_io()
     with sampler:
         t0 = time.perf_counter()
-        if op == "save" and method == "tkio":
-            tkio.save_weights(model, path)
+        if op == "load_part":
+            report = tkio.load_weights(model, path, by_name=True)
+            assert report.loaded == [str(i) for i in job["layers"]], report
+        elif op == "save" and method == "tkio":
+            tkio.save_weights(model, path, compression=compression)
         elif op == "save" and method == "torch":
             torch.save(model.state_dict(), path)
         elif op == "save":
@@ -174,6 +203,7 @@ def child(job: dict) -> dict:
             t1 = time.perf_counter()
             _fsync(path)  # save_weights fsyncs (atomic write); time the same for the others apart
             fsync_s = time.perf_counter() - t1
+    io_after = _proc_io()
     maxrss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     peak = sampler.peak_rss
     if maxrss_after > maxrss_before:  # ru_maxrss sees spikes between samples
@@ -184,6 +214,7 @@ def child(job: dict) -> dict:
         "peak_extra": max(0, peak - base_rss),
         "peak_extra_anon": max(0, sampler.peak_anon - base_anon),
         "digest": fingerprint(model),
+        "io": {k: io_after[k] - io_before[k] for k in io_after},
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
@@ -239,6 +270,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cold", action="store_true", help="evict each file from the page cache before loading")
     ap.add_argument("--tmpdir", default=None, help="where the files go (default: a new folder in $TMPDIR)")
     ap.add_argument("--json", default=None, help="also write the raw results here")
+    ap.add_argument("--compression", choices=("gzip", "lzf"), default=None, help="save_weights(compression=...)")
+    ap.add_argument("--by-name", type=int, default=0, metavar="K", help="time loading the last K layers by name vs all")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -255,6 +288,8 @@ def main(argv=None) -> int:
         info = describe(build_model(spec, 0))
     del torch
 
+    if args.by_name:
+        return run_by_name(args, spec, info)
     workdir = tempfile.mkdtemp(prefix="tkio-bench-", dir=args.tmpdir)
     results = {(op, m): [] for op in ("save", "load") for m in SAVE_METHODS}
     digests, loaded = set(), []
@@ -267,7 +302,9 @@ def main(argv=None) -> int:
                 if os.path.exists(paths[m]):
                     os.unlink(paths[m])
                 os.sync()
-                res = run_child({"op": "save", "method": m, "path": paths[m], "spec": spec})
+                res = run_child(
+                    {"op": "save", "method": m, "path": paths[m], "spec": spec, "compression": args.compression}
+                )
                 digests.add(res["digest"])
                 if keep:
                     results[("save", m)].append(res)
@@ -316,6 +353,70 @@ def main(argv=None) -> int:
     return 0
 
 
+def run_by_name(args, spec, info) -> int:
+    """Full load_weights vs a by_name load of the last K layers, alternating, fresh process each."""
+    import torch
+
+    with torch.device("meta"):
+        meta = build_model(spec, 0)
+    idx = list(range(len(meta) - args.by_name, len(meta)))
+    part_bytes = sum(p.numel() * p.element_size() for i in idx for p in meta[i].state_dict().values())
+    del meta, torch
+    workdir = tempfile.mkdtemp(prefix="tkio-bench-", dir=args.tmpdir)
+    res = {"all": [], "part": []}
+    try:
+        path = os.path.join(workdir, "model.h5")
+        run_child({"op": "save", "method": "tkio", "path": path, "spec": spec, "compression": args.compression})
+        os.sync()
+        size = os.path.getsize(path)
+        load_before = os.getloadavg()
+        for r in range(-args.warmup, args.repeat):
+            for kind in ("all", "part") if r % 2 == 0 else ("part", "all"):
+                if args.cold:
+                    evict(path)
+                job = {"op": "load" if kind == "all" else "load_part", "method": "tkio", "path": path, "spec": spec,
+                       "layers": idx}  # fmt: skip
+                out = run_child(job)
+                if r >= 0:
+                    res[kind].append(out)
+                print(
+                    f"  {'round ' + str(r + 1) if r >= 0 else 'warm-up'} {kind:4s} {fmt_s(out['time'])}",
+                    file=sys.stderr,
+                )
+        load_after = os.getloadavg()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\nmachine: {machine()}")
+    print(f"load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f}")
+    print(
+        f"file: {size / MiB:,.1f} MiB ({info['tensors']} tensors); by_name part: last {args.by_name} layer(s), "
+        f"{part_bytes / MiB:,.1f} MiB of tensors; {'cold' if args.cold else 'warm'} page cache; "
+        f"{args.repeat} run(s) each"
+    )
+    rows = [("load", "tensor MiB", "best", "median", "rchar MiB", "read_bytes MiB", "peak extra")]
+    for kind, label, nbytes in (("all", "all layers", info["bytes"]), ("part", f"{args.by_name} by name", part_bytes)):
+        runs = res[kind]
+        rows.append(
+            (
+                label,
+                f"{nbytes / MiB:,.1f}",
+                fmt_s(min(x["time"] for x in runs)),
+                fmt_s(statistics.median(x["time"] for x in runs)),
+                f"{min(x['io']['rchar'] for x in runs) / MiB:,.1f}",
+                f"{min(x['io']['read_bytes'] for x in runs) / MiB:,.1f}",
+                f"{max(x['peak_extra'] for x in runs) / MiB:,.1f} MiB",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, r in enumerate(rows):
+        print("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    best = {k: min(x["time"] for x in res[k]) for k in res}
+    print(f"\npart/all: time {best['part'] / best['all']:.3f}, tensor bytes {part_bytes / info['bytes']:.3f}")
+    return 0
+
+
 def report(args, spec, info, results, sizes, loadavg) -> None:
     any_run = next(iter(results.values()))[0]
     largest = info["largest"]
@@ -331,6 +432,8 @@ def report(args, spec, info, results, sizes, loadavg) -> None:
         f"{'cold' if args.cold else 'warm'} page cache for loads"
     )
     print("files: " + ", ".join(f"{EXT[m]} {s / MiB:,.1f} MiB" for m, s in sizes.items()))
+    if args.compression:
+        print(f"tkio files saved with compression={args.compression!r}")
     head = ("op", "method", "best", "median", "+fsync best", "tkio/best", "peak extra", "anon", "/largest")
     rows = [head]
     for op in ("save", "load"):

@@ -208,3 +208,25 @@ def test_to_json_of_a_loaded_model_gives_back_its_config(cnn_file):
     assert [layer.name for layer in rebuilt.layers] == [
         layer["name"] for layer in json.loads(config)["config"]["layers"]
     ]
+
+
+def test_compiled_tf_keras_losses_and_metrics_as_keras_stores_them(tmp_path):
+    """tf.keras writes per-output metric lists of serialized metrics and loss objects; fit/evaluate go on."""
+    inp = tf_keras.Input((6,))
+    model = tf_keras.Model(inp, tf_keras.layers.Dense(3)(inp))
+    model.compile("sgd", loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy", tf_keras.metrics.SparseTopKCategoricalAccuracy(k=2)])  # fmt: skip
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 6)).astype("float32"), rng.integers(0, 3, 16)
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "m.h5")
+    ours = tkio.load_model(tmp_path / "m.h5")
+    assert ours.loss.from_logits and ours.loss.name == "sparse_categorical_crossentropy"
+    assert ours.metrics[0] in ("accuracy", "sparse_categorical_accuracy")
+    expected = model.evaluate(x, y, verbose=0)
+    got = ours.evaluate(x, y, verbose=0)
+    assert_close_rel(np.asarray(got[:2]), np.asarray(expected[:2]), 1e-5)
+    ours.fit(x, y, epochs=1, verbose=0)
+    ours.save(tmp_path / "again.h5")  # the loss object is written back as Keras serializes it
+    again = tf_keras.models.load_model(tmp_path / "again.h5")
+    assert again.loss.get_config()["from_logits"] is True

@@ -2,9 +2,11 @@
 
 __version__ = "0.1.0"
 
-from . import losses, metrics  # noqa: E402
+from . import distributed, losses, metrics  # noqa: E402
+from .distributed import load_weights_distributed, save_model_distributed, save_weights_distributed  # noqa: E402
 from .errors import (  # noqa: E402
     CheckpointExistsError,
+    CheckpointWriteError,
     FileFormatError,
     TorchKerasIOError,
     TorchKerasIOWarning,
@@ -18,6 +20,7 @@ from .weights import LoadReport, Mismatch, load_weights, save_weights  # noqa: E
 
 __all__ = [
     "CheckpointExistsError",
+    "CheckpointWriteError",
     "FileFormatError",
     "History",
     "LoadReport",
@@ -27,7 +30,11 @@ __all__ = [
     "TorchKerasIOWarning",
     "UnsupportedLayerError",
     "WeightMismatchError",
+    "distributed",
     "load_model",
+    "load_weights_distributed",
+    "save_model_distributed",
+    "save_weights_distributed",
     "losses",
     "metrics",
     "load_weights",

@@ -16,15 +16,28 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
+import math
 import os
 from typing import Any, Iterable, Optional, Sequence
 
 import h5py
 import numpy as np
 import torch
-from h5py import h5a, h5d, h5g, h5i, h5l, h5o, h5p, h5s, h5t
+from h5py import h5a, h5d, h5g, h5i, h5l, h5o, h5p, h5s, h5t, h5z
+from h5py._hl.filters import guess_chunk
 
-from ._tensors import _BLOCK_DTYPES, BLOCK_BYTES, Lazy, Transfer, blocks, from_numpy, to_numpy, torch_dtype_of
+from ._tensors import (
+    _BLOCK_DTYPES,
+    BLOCK_BYTES,
+    Lazy,
+    Transfer,
+    _Plan,
+    blocks,
+    from_numpy,
+    to_numpy,
+    torch_dtype_of,
+)
 from .errors import FileFormatError
 
 HDF5_OBJECT_HEADER_LIMIT = 64512
@@ -103,6 +116,10 @@ def _read_attr(oid, name: str) -> Any:
     """``obj.attrs[name]`` (h5py's ``AttributeManager.__getitem__``) on a low-level id."""
     attr = h5a.open(oid, _encode(name)[0])
     tid = attr.get_type()
+    if tid.get_class() not in (h5t.STRING, h5t.INTEGER, h5t.FLOAT):
+        # names and versions are strings (an empty name list is a float array); converting other
+        # types, e.g. a corrupt variable-length sequence, can crash libhdf5 / h5py outright
+        raise ValueError(f"unsupported HDF5 type class {tid.get_class()}")
     if tid.get_class() == h5t.STRING and tid.is_variable_str() and tid.get_cset() in _VLEN_STR:
         # the names and class attributes: variable-length strings, read without the generic
         # dtype round trips (same result: str values, as h5py gives)
@@ -156,10 +173,13 @@ def load_attributes(group, name: str, filepath: str) -> Optional[list]:
         return []
     if isinstance(raw, np.ndarray) and raw.dtype.kind not in "SUO":
         raise FileFormatError(f"attribute '{name}' of '{_obj_name(oid)}' is not a list of names", filepath=filepath)
-    items = decode(raw)
+    try:
+        items = decode(raw)
+    except UnicodeDecodeError as exc:
+        raise FileFormatError(f"attribute '{name}' of '{_obj_name(oid)}' is not UTF-8", filepath=filepath) from exc
     if isinstance(items, str):
         items = [items]
-    if not all(isinstance(x, str) for x in items):
+    if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
         raise FileFormatError(f"attribute '{name}' of '{_obj_name(oid)}' is not a list of names", filepath=filepath)
     return items
 
@@ -189,8 +209,8 @@ def _encode(name: str) -> tuple:
     """h5py's name encoding: ASCII when it can, else UTF-8 (and the link records which)."""
     try:
         return name.encode("ascii"), h5t.CSET_ASCII
-    except UnicodeEncodeError:
-        return name.encode("utf-8"), h5t.CSET_UTF8
+    except UnicodeEncodeError:  # surrogateescape: names read from a file with invalid UTF-8 bytes
+        return name.encode("utf-8", "surrogateescape"), h5t.CSET_UTF8
 
 
 class _Writer:
@@ -201,8 +221,16 @@ class _Writer:
     property lists, without the per-call overhead that dominates files with many small layers.
     """
 
-    def __init__(self, transfer: Optional[Transfer] = None) -> None:
+    def __init__(
+        self,
+        transfer: Optional[Transfer] = None,
+        compression: Optional[str] = None,
+        gzip_level: Optional[int] = None,
+        progress=None,
+    ) -> None:
         self.transfer = transfer
+        self.compression, self.gzip_level = compression, gzip_level
+        self.progress = progress  # called with the bytes of each dataset written
         self._io = None  # the thread that writes a large dataset's blocks
         track_order = h5py.get_config().track_order
         self.dcpl = h5p.create(h5p.DATASET_CREATE)
@@ -306,7 +334,13 @@ class _Writer:
                 array = np.asarray(array, order="C")
                 if dset is None:
                     shape = array.shape if tuple(array.shape) == lazy.shape else lazy.shape
-                    dset = h5d.create(parent, name, self.htype(array.dtype), h5s.create_simple(shape), dcpl=self.dcpl)
+                    dset = h5d.create(
+                        parent,
+                        name,
+                        self.htype(array.dtype),
+                        h5s.create_simple(shape),
+                        dcpl=self.dataset_plist(shape, array.dtype.itemsize),
+                    )
                     if marker is not None:
                         self.attr(dset, DTYPE_ATTR, marker, fresh=True)
                 if array.shape == shape:
@@ -322,6 +356,30 @@ class _Writer:
             for f in (pending, written):  # after an error: nothing may still write
                 if f is not None:
                     concurrent.futures.wait([f])
+        if self.progress is not None:
+            self.progress(lazy.numel() * lazy.dtype.itemsize)
+
+    def dataset_plist(self, shape: tuple, itemsize: int):
+        """The creation properties of a dataset: contiguous, or chunked and compressed.
+
+        Chunks are the blocks :func:`blocks` writes and loads read (a slab along one dim,
+        the other dims whole), so each block fills or reads whole chunks and HDF5 never has to
+        decompress and compress a chunk again for a partly written one."""
+        if self.compression is None or not shape or 0 in shape:
+            return self.dcpl  # HDF5 cannot chunk scalars or empty datasets: those stay plain
+        plan = _Plan(tuple(shape), itemsize, self.transfer.max_bytes if self.transfer else BLOCK_BYTES)
+        chunk = list(shape)
+        if plan.dim is not None:
+            chunk[plan.dim] = plan.step
+        if np.prod(chunk, dtype=np.float64) * itemsize >= 2**32:  # HDF5's chunk size limit
+            chunk = list(guess_chunk(tuple(shape), None, itemsize))
+        dcpl = self.dcpl.copy()
+        dcpl.set_chunk(tuple(chunk))
+        if self.compression == "gzip":
+            dcpl.set_deflate(self.gzip_level)
+        else:
+            dcpl.set_filter(h5z.FILTER_LZF, h5z.FLAG_OPTIONAL)  # as h5py's create_dataset does
+        return dcpl
 
     def io(self):
         if self._io is None:
@@ -354,10 +412,21 @@ def _write_dataset(group: h5py.Group, path: str, lazy: Lazy) -> None:
         w.dataset(group.id, path, lazy, {})
 
 
-def write_weights_group(group: h5py.Group, layers: Iterable[LayerRecord], top_level: Sequence[Lazy] = ()) -> None:
-    """Write the legacy weights layout into ``group`` (file root or ``model_weights``)."""
+def write_weights_group(
+    group: h5py.Group,
+    layers: Iterable[LayerRecord],
+    top_level: Sequence[Lazy] = (),
+    *,
+    compression: Optional[str] = None,
+    gzip_level: Optional[int] = None,
+    progress=None,
+) -> None:
+    """Write the legacy weights layout into ``group`` (file root or ``model_weights``).
+
+    ``compression``: None, "gzip" (at ``gzip_level``) or "lzf" for every non-scalar dataset.
+    ``progress``: called with the byte count of each dataset once it is written."""
     layers = list(layers)
-    with Transfer() as transfer, contextlib.closing(_Writer(transfer)) as w:
+    with Transfer() as transfer, contextlib.closing(_Writer(transfer, compression, gzip_level, progress)) as w:
         save_attributes(group, "layer_names", [layer.name for layer in layers])
         group.attrs["backend"] = BACKEND.encode("utf-8")
         group.attrs["keras_version"] = KERAS_VERSION.encode("utf-8")
@@ -454,12 +523,13 @@ def _resolve_id(group, path: str, filepath: str, layer: str, cache: Optional[dic
     return node
 
 
-def _dataset_lazy(dset, name: str, filepath: str, layer: str, file=None) -> Lazy:
+def _dataset_lazy(dset, name: str, filepath: str, layer: str, file=None, raw: Optional[_RawFile] = None) -> Lazy:
     """A lazy tensor for a dataset: its metadata checked now, its data read on demand.
 
     With ``file`` (the open file's id) the dataset is let go and opened again by its path for
     each read: an open HDF5 dataset holds some 12 KB, which for thousands of small weights
-    outweighs the weights themselves."""
+    outweighs the weights themselves. With ``raw`` (the file's bytes), contiguous unfiltered
+    data is read straight from the file at its checked offset, without HDF5's read path."""
     dset = _oid(dset)
     if not isinstance(dset, h5d.DatasetID):
         raise FileFormatError("not a dataset", filepath=filepath, layer=layer, weight=name)
@@ -489,15 +559,13 @@ def _dataset_lazy(dset, name: str, filepath: str, layer: str, file=None) -> Lazy
 
     shape = tuple(shape)
     handle = _Handle(dset, file)
-    if (
-        marker is None
-        and tdtype in _BLOCK_DTYPES
-        and dtype.isnative
-        and layout in (h5d.CONTIGUOUS, h5d.COMPACT)
-        and dcpl.get_nfilters() == 0
-    ):
-        # plain storage of a type numpy and torch share: HDF5 reads straight into torch memory
-        rows = _Rows(handle, shape, tdtype, filepath, layer, name)
+    if marker is None and tdtype in _BLOCK_DTYPES and dtype.isnative:
+        # a type numpy and torch share: HDF5 (or a plain read) fills torch memory directly,
+        # chunked and compressed data included
+        offset = None
+        if raw is not None and layout == h5d.CONTIGUOUS and dcpl.get_nfilters() == 0:
+            offset = raw.offset_of(dset, shape, dtype, filepath, layer, name)
+        rows = _Rows(handle, shape, tdtype, filepath, layer, name, raw if offset is not None else None, offset)
 
         def read_rows():
             out = torch.empty(shape, dtype=tdtype)
@@ -533,19 +601,118 @@ class _Handle:
         return self.dset if self.dset is not None else h5o.open(self.file, self.path)
 
 
+class _RawFile:
+    """The bytes of an open HDF5 file, for datasets stored plainly (contiguous, no filters, no
+    external storage, file type = memory type): read with ``os.preadv`` at the offset HDF5
+    reports, which skips HDF5's per-read overhead. Offsets are checked against the file size
+    before any read, and the reads use HDF5's own descriptor of the file."""
+
+    __slots__ = ("fd", "size")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.size = os.fstat(fd).st_size
+
+    @classmethod
+    def of(cls, file: h5py.File) -> Optional[_RawFile]:
+        if not hasattr(os, "preadv") or file.driver != "sec2":
+            return None  # only the default driver maps HDF5 addresses to file offsets 1:1
+        try:
+            return cls(file.id.get_vfd_handle())
+        except (OSError, RuntimeError, ValueError, TypeError):
+            return None
+
+    def offset_of(self, dset, shape: tuple, dtype: np.dtype, filepath: str, layer: str, name: str) -> Optional[int]:
+        """Where the dataset's bytes start in the file; None to leave the read to HDF5."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes == 0:
+            return None
+        try:
+            if not dset.get_type().equal(_native_type(dtype)):
+                return None  # HDF5 would convert (e.g. a different precision): let it
+            offset = dset.get_offset()
+            stored = dset.get_storage_size()
+        except (OSError, RuntimeError, ValueError, TypeError):
+            return None  # HDF5's read path reports what is wrong
+        if offset is None:
+            return None  # never written: HDF5 supplies the fill value
+        if stored != nbytes or offset < 0 or offset + nbytes > self.size:
+            raise FileFormatError(
+                f"data of {nbytes} bytes (stored: {stored}) at offset {offset} does not lie within the file "
+                f"({self.size} bytes): truncated or corrupt",
+                filepath=filepath,
+                layer=layer,
+                weight=name,
+            )
+        return offset
+
+    def read(self, offset: int, view: memoryview) -> None:
+        pos, end = 0, len(view)
+        while pos < end:
+            n = os.preadv(self.fd, [view[pos:]], offset + pos)
+            if n <= 0:
+                raise OSError(f"file ends at byte {offset + pos}, {end - pos} bytes short")
+            pos += n
+
+
+def _runs(shape: tuple, origin: tuple, block: tuple, itemsize: int) -> Optional[tuple]:
+    """The hyperslab at ``origin`` of shape ``block`` as (first byte, run bytes, stride, runs)
+    in the row-major data of ``shape``: None unless at most one dim is partial and the dims
+    after it are whole (the slabs of :class:`_tensors._Plan`)."""
+    partial = [d for d in range(len(shape)) if block[d] != shape[d] or origin[d] != 0]
+    if len(partial) > 1:
+        return None
+    if not partial:
+        return 0, math.prod(shape) * itemsize, 0, 1
+    d = partial[0]
+    inner = math.prod(shape[d + 1 :]) * itemsize
+    return origin[d] * inner, block[d] * inner, shape[d] * inner, math.prod(shape[:d])
+
+
+@functools.cache
+def _native_type(dtype: np.dtype):
+    return h5t.py_create(dtype)
+
+
 class _Rows:
-    """A dataset as a block source for :meth:`Lazy.read_into`: hyperslabs read by HDF5 straight
-    into the caller's (CPU, contiguous) tensor."""
+    """A dataset as a block source for :meth:`Lazy.read_into`: hyperslabs read straight into the
+    caller's (CPU, contiguous) tensor, by HDF5 or, for plain storage, by ``preadv``."""
 
-    __slots__ = ("handle", "shape", "dtype", "filepath", "layer", "name")
+    __slots__ = ("handle", "shape", "dtype", "filepath", "layer", "name", "raw", "offset")
 
-    def __init__(self, handle: _Handle, shape: tuple, dtype: torch.dtype, filepath: str, layer: str, name: str) -> None:
+    def __init__(
+        self,
+        handle: _Handle,
+        shape: tuple,
+        dtype: torch.dtype,
+        filepath: str,
+        layer: str,
+        name: str,
+        raw: Optional[_RawFile] = None,
+        offset: Optional[int] = None,
+    ) -> None:
         self.handle, self.shape, self.dtype = handle, shape, dtype
         self.filepath, self.layer, self.name = filepath, layer, name
+        self.raw, self.offset = raw, offset
+
+    @property
+    def prechecked(self) -> bool:
+        """True when the data's place in the file was checked: reading it cannot fail on the
+        file's contents."""
+        return self.raw is not None
 
     def read_block(self, origin: tuple, out: torch.Tensor) -> None:
         array = out.detach().numpy()
+        runs = None
+        if self.raw is not None and array.size:
+            runs = _runs(self.shape, tuple(origin), tuple(array.shape), array.itemsize)
         try:
+            if runs is not None:
+                first, length, stride, count = runs
+                view = memoryview(array.reshape(-1).view(np.uint8))
+                for i in range(count):
+                    self.raw.read(self.offset + first + i * stride, view[i * length : (i + 1) * length])
+                return
             dset = self.handle.open()
             if tuple(array.shape) == self.shape:
                 if array.size:
@@ -582,6 +749,7 @@ class WeightsReader:
                 f"cannot open as HDF5 (truncated or corrupt?): {exc}", filepath=self.filepath
             ) from exc
         try:
+            self._raw = _RawFile.of(self.file) if head == HDF5_SIGNATURE else None
             self.group = self._find_weights_group()
             self.keras_version = read_str_attr(self.group, "keras_version", self.filepath) or "1"
             self.backend = read_str_attr(self.group, "backend", self.filepath)
@@ -629,16 +797,16 @@ class WeightsReader:
         if weight_names is None:
             raise FileFormatError("layer group has no 'weight_names' attribute", filepath=self.filepath, layer=name)
         walked: dict = {}
-        fid = self.file.id
+        fid, raw = self.file.id, self._raw
         weights = [
-            _dataset_lazy(_resolve_id(group, w, self.filepath, name, walked), w, self.filepath, name, fid)
+            _dataset_lazy(_resolve_id(group, w, self.filepath, name, walked), w, self.filepath, name, fid, raw)
             for w in weight_names
         ]
         extras = {}
         for e in load_attributes(group, EXTRA_ATTR, self.filepath) or []:
             path = f"{EXTRA_GROUP}/{e}"
             dset = _resolve_id(group, path, self.filepath, name, walked)
-            extras[e] = _dataset_lazy(dset, e, self.filepath, name, fid)
+            extras[e] = _dataset_lazy(dset, e, self.filepath, name, fid, raw)
         attrs = {}
         for key in ("torch_class", "keras_class"):
             value = read_str_attr(group, key, self.filepath)

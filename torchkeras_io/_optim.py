@@ -25,9 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import losses as _losses
+from . import metrics as _metrics
 from ._h5format import load_attributes, save_attributes
 from ._tensors import Lazy, from_numpy, to_numpy
-from .errors import FileFormatError, TorchKerasIOError, TorchKerasIOWarning
+from .errors import FileFormatError, TorchKerasIOError, TorchKerasIOWarning, h5_errors
 
 TORCH_GROUP = "torch_optimizer"
 OPT_GROUP = "optimizer_weights"
@@ -315,7 +317,9 @@ def save_training(f: h5py.File, kvars: list, optimizer, loss, metrics, scheduler
     hyper = [{k: v for k, v in g.items() if k != "params"} for g in groups]
     if any(_jsonable(h) != _jsonable(hyper[0]) for h in hyper[1:]):
         notes.append("several param_groups with different hyper-parameters: Keras gets the first group's")
-    if loss is not None and not isinstance(loss, str):
+    if isinstance(loss, _losses.Loss):
+        loss = loss.keras_config()
+    elif loss is not None and not isinstance(loss, str):
         notes.append(f"loss {loss!r} is not a Keras loss name: not saved")
         loss = None
     if metrics:
@@ -431,13 +435,18 @@ class Restored:
     metrics: object
 
 
-def _read_dataset(group: h5py.Group, path: str, filepath: str) -> torch.Tensor:
+def _read_dataset(group: h5py.Group, path: str, filepath: str, max_numel: Optional[int] = None) -> torch.Tensor:
+    """A numeric dataset as a tensor; ``max_numel`` (the largest weight's size) refuses shapes that
+    no optimizer slot can have before anything is read (a file may claim terabytes)."""
     obj = group.get(path, getlink=True)
     if not isinstance(obj, h5py.HardLink):
         raise FileFormatError(f"optimizer dataset '{path}' is missing or not a hard link", filepath=filepath)
     dset = group[path]
     if not isinstance(dset, h5py.Dataset) or dset.dtype.kind not in "fiub" and dset.dtype.itemsize != 2:
         raise FileFormatError(f"optimizer entry '{path}' is not a numeric dataset", filepath=filepath)
+    if dset.shape is None or (max_numel is not None and dset.size > max_numel):
+        raise FileFormatError(f"optimizer dataset '{path}' has shape {dset.shape}, larger than any weight",
+                              filepath=filepath)  # fmt: skip
     marker = dset.attrs.get("torch_dtype")
     marker = marker.decode() if isinstance(marker, bytes) else marker
     return from_numpy(np.asarray(dset[()]), marker)
@@ -450,7 +459,13 @@ def restore_training(f: h5py.File, filepath: str, training_config: Optional[str]
         tc = json.loads(training_config) if training_config else {}
     except ValueError as exc:
         raise FileFormatError(f"unreadable 'training_config': {exc}", filepath=filepath) from exc
-    out = Restored(None, None, tc.get("loss"), tc.get("metrics"))
+    if not isinstance(tc, dict):
+        raise FileFormatError(f"'training_config' is a {type(tc).__name__}, not an object", filepath=filepath)
+    try:
+        out = Restored(None, None, _losses.from_keras(tc.get("loss")), _metrics.from_keras(tc.get("metrics")))
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # e.g. "metrics": 1
+        raise FileFormatError(f"unreadable loss or metrics in 'training_config' ({type(exc).__name__}: {exc})",
+                              filepath=filepath) from exc  # fmt: skip
     if TORCH_GROUP in f:
         out.optimizer, out.scheduler = _restore_torch_record(f[TORCH_GROUP], filepath, kvars, _others(module, kvars))
         return out
@@ -458,7 +473,8 @@ def restore_training(f: h5py.File, filepath: str, training_config: Optional[str]
     if isinstance(oc, dict):
         try:
             out.optimizer = _restore_keras(f, filepath, oc, kvars, _others(module, kvars), keras_version)
-        except (TorchKerasIOError, KeyError, TypeError, ValueError, OSError) as exc:
+        except (TorchKerasIOError, KeyError, TypeError, ValueError, OSError, AttributeError, IndexError,
+                RuntimeError) as exc:  # fmt: skip
             # as Keras does with optimizer state it cannot use: the model still loads
             _warn(f"{filepath}: the optimizer could not be restored ({exc}); model.optimizer is None", stacklevel=6)
     return out
@@ -473,6 +489,17 @@ def _others(module: Optional[nn.Module], kvars: list) -> list:
 
 
 def _restore_torch_record(tg: h5py.Group, filepath: str, kvars: list, others: list):
+    try:
+        return _restore_torch_record_unchecked(tg, filepath, kvars, others)
+    except TorchKerasIOError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+        # a record this library wrote always has the structure read below; anything else is damage
+        raise FileFormatError(f"unreadable torch optimizer record ({type(exc).__name__}: {exc})",
+                              filepath=filepath) from exc  # fmt: skip
+
+
+def _restore_torch_record_unchecked(tg: h5py.Group, filepath: str, kvars: list, others: list):
     try:
         record = json.loads(tg.attrs["record"])
         name = record["class_name"]
@@ -515,6 +542,7 @@ def _restore_torch_record(tg: h5py.Group, filepath: str, kvars: list, others: li
         sd_groups.append(dict(hyper, params=list(range(i, i + n))))
         i += n
     sd_state = {}
+    limit = max((v.lazy.numel() for v in kvars), default=1)
     for idx, key in enumerate(flat):
         entry = record["state"].get(key) if key is not None else None
         if entry is None:
@@ -527,7 +555,7 @@ def _restore_torch_record(tg: h5py.Group, filepath: str, kvars: list, others: li
                 st[k] = item["value"]
                 continue
             paths = item["datasets"]
-            tensors = [_read_dataset(tg, path, filepath) for path in paths]
+            tensors = [_read_dataset(tg, path, filepath, limit) for path in paths]
             if item.get("keras_layout"):
                 if len(paths) != len(parts):
                     raise FileFormatError(f"state '{k}' of '{key}' has {len(paths)} parts, the model "
@@ -535,6 +563,9 @@ def _restore_torch_record(tg: h5py.Group, filepath: str, kvars: list, others: li
                 t = _from_keras([(p.lazy, x) for p, x in zip(parts, tensors)], v.param.detach().cpu())
             else:
                 t = tensors[0]
+                if t.dim() and tuple(t.shape) != tuple(v.param.shape):
+                    raise FileFormatError(f"state '{k}' of '{key}' has shape {tuple(t.shape)}, the parameter "
+                                          f"{tuple(v.param.shape)}", filepath=filepath)  # fmt: skip
             st[k] = t.to(v.param.device) if k != "step" else t
         sd_state[idx] = st
     opt.load_state_dict({"state": sd_state, "param_groups": sd_groups})
@@ -596,7 +627,8 @@ def _restore_keras(f: h5py.File, filepath: str, oc: dict, kvars: list, others: l
     if OPT_GROUP in f:
         og = f[OPT_GROUP]
         names = load_attributes(og, "weight_names", filepath) or []
-        values = [_read_dataset(og, n, filepath) for n in names]
+        limit = max((v.lazy.numel() for v in kvars), default=1)
+        values = [_read_dataset(og, n, filepath, limit) for n in names]
     gen = _generation(names, [tuple(v.shape) for v in values], cfg, keras_version)
     # ---- hyper-parameters
     lr = cfg.get("learning_rate", cfg.get("lr", 0.001))
@@ -786,12 +818,12 @@ def restore_for_model(module: nn.Module, filepath: str, training_config: Optiona
     from ._plan import plan
 
     slots, top = plan(module, layer_names)
-    with WeightsReader(filepath) as reader:
+    with h5_errors(filepath), WeightsReader(filepath) as reader:
         order = {name: i for i, name in enumerate(reader.layer_names)}
     slots = sorted(slots, key=lambda s: order.get(s.name, len(order)))
     layers = [(s.name, s.layer.weights) for s in slots]
     if top is not None:
         layers.append((top.name, top.layer.weights))
-    with h5py.File(filepath, "r") as f:
+    with h5_errors(filepath), h5py.File(filepath, "r") as f:
         kvars = keras_variables(layers, frozen_too=TORCH_GROUP in f)
         return restore_training(f, filepath, training_config, kvars, device, keras_version, module)

@@ -147,7 +147,7 @@ class Lazy:
         """``target.copy_(self.read())``, reading a block source block by block straight into
         ``target`` (no full-size temporary, transposes done per block) when it can. A
         :class:`Transfer` shares its buffers between the tensors of one load."""
-        view = self.strided() if target.device.type == "cpu" else None
+        view = self.strided()
         root = view.root if view is not None else None
         if (
             root is None
@@ -161,8 +161,10 @@ class Lazy:
         dst = _in_root_order(target.detach(), view, tuple(root.shape))
         if dst is None:
             target.copy_(self.read())
-            return
-        _load_blocks(root, dst, self.dtype, transfer)
+        elif target.device.type == "cpu":
+            _load_blocks(root, dst, self.dtype, transfer)
+        else:
+            _load_blocks_to_device(root, dst, self.dtype, transfer)
 
     def numel(self) -> int:
         return math.prod(self.shape)
@@ -333,6 +335,7 @@ class Transfer:
     def __init__(self, max_bytes: Optional[int] = None) -> None:
         self.max_bytes = max_bytes or BLOCK_BYTES
         self._buffers: Optional[tuple] = None
+        self._pinned: Optional[tuple] = None
 
     def buffers(self) -> tuple:
         """(block, block, scratch): byte buffers of ``max_bytes`` each."""
@@ -340,8 +343,16 @@ class Transfer:
             self._buffers = tuple(torch.empty(self.max_bytes, dtype=torch.uint8) for _ in range(3))
         return self._buffers
 
+    def pinned(self) -> tuple:
+        """(block, block): byte buffers of ``max_bytes`` for copies to and from an accelerator,
+        page-locked when CUDA is there (so that copies run asynchronously), plain otherwise."""
+        if self._pinned is None:
+            pin = torch.cuda.is_available()
+            self._pinned = tuple(torch.empty(self.max_bytes, dtype=torch.uint8, pin_memory=pin) for _ in range(2))
+        return self._pinned
+
     def close(self) -> None:
-        self._buffers = None
+        self._buffers = self._pinned = None
 
     def __enter__(self) -> Transfer:
         return self
@@ -399,7 +410,7 @@ def blocks(lazy: Lazy, transfer: Optional[Transfer] = None):
     if (
         view is None
         or not isinstance(view.root, torch.Tensor)
-        or view.root.device.type != "cpu"
+        or view.root.device.type == "meta"
         or lazy.dtype not in _BLOCK_DTYPES
         or view.root.dtype != lazy.dtype
     ):
@@ -407,6 +418,9 @@ def blocks(lazy: Lazy, transfer: Optional[Transfer] = None):
         yield (0,) * value.dim(), value
         return
     value = _strided_tensor(view)
+    if value.device.type != "cpu":
+        yield from _device_blocks(value, transfer)
+        return
     zero = (0,) * value.dim()
     if value.dim() == 0 or value.is_contiguous():
         yield zero, value
@@ -425,6 +439,87 @@ def blocks(lazy: Lazy, transfer: Optional[Transfer] = None):
         buf = _typed(raws[k % 2], tuple(src.shape), value.dtype)
         _copy(buf, src, scratch.view(value.dtype))
         yield plan.origin(value.dim(), start), buf
+
+
+def _side_stream(device: torch.device):
+    """A CUDA stream for the copies of one tensor (None off CUDA: copies are synchronous), made
+    to wait for the work already queued on the current stream (e.g. ``module.to(device)``)."""
+    if device.type != "cuda":
+        return None
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    return stream
+
+
+def _device_blocks(value: torch.Tensor, transfer: Optional[Transfer]):
+    """:func:`blocks` of a tensor on an accelerator: the device makes each block contiguous
+    (transposes it), the block is copied into one of two pinned host buffers on a side stream,
+    and is yielded once that copy is done; the writer writes block k on its thread while block
+    k + 1 is copied. Runs unchanged on CPU tensors (plain buffers, synchronous copies)."""
+    if transfer is None:
+        with Transfer() as transfer:
+            yield from _device_blocks(value, transfer)
+        return
+    zero = (0,) * value.dim()
+    if value.dim() == 0 or value.numel() * value.element_size() <= transfer.max_bytes:
+        yield zero, value.cpu().contiguous()
+        return
+    plan = _Plan(tuple(value.shape), value.element_size(), transfer.max_bytes)
+    if plan.dim is None:
+        yield zero, value.cpu().contiguous()
+        return
+    stream = _side_stream(value.device)
+    bufs = transfer.pinned()
+    for k, start in enumerate(plan.starts):
+        src = plan.slab(value, start)
+        buf = _typed(bufs[k % 2], tuple(src.shape), value.dtype)
+        if stream is None:
+            buf.copy_(src)
+        else:
+            with torch.cuda.stream(stream):
+                buf.copy_(src.contiguous(), non_blocking=True)
+            stream.synchronize()
+        yield plan.origin(value.dim(), start), buf
+
+
+def _load_blocks_to_device(source, dst: torch.Tensor, dtype: torch.dtype, transfer: Optional[Transfer]) -> None:
+    """:func:`_load_blocks` into a tensor on an accelerator: blocks are read from ``source`` into
+    two pinned host buffers in turn, each copied to the device (``non_blocking`` on a side
+    stream, the device doing the transpose) while the next one is read. Runs unchanged on CPU
+    tensors (plain buffers, synchronous copies), which is how its logic is tested without a GPU."""
+    if dst.numel() == 0:
+        return
+    if transfer is None:
+        with Transfer() as transfer:
+            return _load_blocks_to_device(source, dst, dtype, transfer)
+    plan = _Plan(tuple(dst.shape), dtype.itemsize, transfer.max_bytes)
+    zero = (0,) * dst.dim()
+    if plan.dim is None:
+        if dst.numel() * dtype.itemsize <= transfer.max_bytes:
+            buf = _typed(transfer.pinned()[0], tuple(dst.shape), dtype)
+        else:  # a shape no block plan fits (rare): one host copy of the tensor
+            buf = torch.empty(tuple(dst.shape), dtype=dtype)
+        source.read_block(zero, buf)
+        dst.copy_(buf)
+        return
+    stream = _side_stream(dst.device)
+    bufs = transfer.pinned()
+    done = [None, None]  # per buffer: the event after its last copy to the device
+    for k, start in enumerate(plan.starts):
+        part = plan.slab(dst, start)
+        if done[k % 2] is not None:
+            done[k % 2].synchronize()  # that copy has read the buffer: it may be refilled
+        buf = _typed(bufs[k % 2], tuple(part.shape), dtype)
+        source.read_block(plan.origin(dst.dim(), start), buf)
+        if stream is None:
+            part.copy_(buf)
+        else:
+            with torch.cuda.stream(stream):
+                part.copy_(buf, non_blocking=True)
+                done[k % 2] = torch.cuda.Event()
+                done[k % 2].record(stream)
+    if stream is not None:
+        torch.cuda.current_stream(dst.device).wait_stream(stream)
 
 
 def _in_root_order(target: torch.Tensor, view: Strided, root_shape: tuple) -> Optional[torch.Tensor]:

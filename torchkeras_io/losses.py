@@ -10,12 +10,13 @@ as Keras's default ``sum_over_batch_size`` reduction does.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
 
-from .errors import TorchKerasIOError
+from .errors import TorchKerasIOError, TorchKerasIOWarning
 
 EPSILON = 1e-7  # keras.backend.epsilon()
 
@@ -195,8 +196,48 @@ class Loss:
         extra = "".join(f", {k}={v!r}" for k, v in self.kwargs.items())
         return f"Loss({self.name!r}{extra})"
 
+    def keras_config(self) -> Union[str, dict]:
+        """What Keras stores for this loss: its name, or a serialized loss object when it has arguments."""
+        if not self.kwargs:
+            return self.name
+        class_name = _CLASS_NAMES.get(self.name) or "".join(w.capitalize() for w in self.name.split("_"))
+        return {"class_name": class_name, "config": {"name": self.name, **self.kwargs}}
+
+
+_CLASS_NAMES = {"kl_divergence": "KLDivergence", "huber": "Huber"}
+
 
 LossLike = Union[str, Callable, None]
+
+
+def _single_output(stored, what: str):
+    """The one entry of a per-output list or dict; None (with a warning) for several outputs."""
+    entries = list(stored.values()) if isinstance(stored, dict) else list(stored)
+    if len(entries) == 1:
+        return entries[0]
+    warnings.warn(f"{what} for {len(entries)} outputs are not restored: Model.fit trains one output",
+                  TorchKerasIOWarning, stacklevel=4)  # fmt: skip
+    return None
+
+
+def from_keras(stored) -> LossLike:
+    """The loss a Keras ``training_config`` / ``compile_config`` holds: a name, a serialized loss
+    object (``{"class_name": "SparseCategoricalCrossentropy", "config": {"from_logits": true}}``),
+    or one of those per output."""
+    if stored is None or isinstance(stored, str):
+        return stored
+    if isinstance(stored, dict) and "class_name" in stored:
+        cfg = stored.get("config") if isinstance(stored.get("config"), dict) else {}
+        name = cfg.get("fn") if stored["class_name"] == "LossFunctionWrapper" else stored["class_name"]
+        try:
+            loss = Loss(str(name), from_logits=bool(cfg.get("from_logits", False)))
+        except TorchKerasIOError as exc:
+            warnings.warn(f"the stored loss is not restored: {exc.message}", TorchKerasIOWarning, stacklevel=3)
+            return None
+        return loss if loss.kwargs else loss.name
+    if isinstance(stored, (list, tuple, dict)) and stored:
+        return from_keras(_single_output(stored, "losses"))
+    return None
 
 
 def get(identifier: LossLike, from_logits: bool = False, **kwargs) -> Optional[Callable]:

@@ -8,12 +8,14 @@ tf.keras and Keras 3 do (:func:`resolve`).
 
 from __future__ import annotations
 
-from typing import Callable, Union
+import re
+import warnings
+from typing import Callable, Optional, Union
 
 import torch
 
 from . import losses
-from .errors import TorchKerasIOError
+from .errors import TorchKerasIOError, TorchKerasIOWarning
 
 
 def _labels(y_true, y_pred: torch.Tensor) -> torch.Tensor:
@@ -125,6 +127,48 @@ def resolved_name(identifier: Union[str, Callable], loss=None, y_pred_shape=None
         return losses.canonical_name(key)
     except TorchKerasIOError:
         return identifier
+
+
+def _known(name: str) -> bool:
+    key = ALIASES.get(name.lower(), name.lower())
+    if key in ("accuracy", "acc") or key in _FUNCTIONS:
+        return True
+    try:
+        losses.canonical_name(key)
+    except TorchKerasIOError:
+        return False
+    return True
+
+
+def _stored_name(entry) -> Optional[str]:
+    """A metric's name from a serialized Keras metric: MeanMetricWrapper's ``fn``, else the class's."""
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, dict) and isinstance(entry.get("class_name"), str):
+        cfg = entry.get("config") if isinstance(entry.get("config"), dict) else {}
+        if entry["class_name"] == "MeanMetricWrapper" and isinstance(cfg.get("fn"), str):
+            return cfg["fn"]
+        return re.sub(r"(?<!^)(?=[A-Z])", "_", entry["class_name"]).lower()
+    return None
+
+
+def from_keras(stored) -> Optional[list]:
+    """The metric names a Keras ``training_config`` / ``compile_config`` holds: a list of names or
+    serialized metrics, or one such list per output (tf.keras 2.x writes ``[[...]]``)."""
+    if not stored:
+        return None
+    if isinstance(stored, dict) or (isinstance(stored, (list, tuple))
+                                    and all(isinstance(e, (list, tuple)) or e is None for e in stored)):  # fmt: skip
+        return from_keras(losses._single_output(stored, "metrics"))
+    names = []
+    for entry in stored:
+        name = _stored_name(entry)
+        if name is None or not _known(name):
+            warnings.warn(f"the stored metric {entry!r} is not restored: no torch equivalent", TorchKerasIOWarning,
+                          stacklevel=3)  # fmt: skip
+            continue
+        names.append(name)
+    return names or None
 
 
 def metric_name(identifier: Union[str, Callable]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -17,6 +18,9 @@ from ._h5format import LayerRecord, write_weights_group
 from ._keras.graph import KerasGraph
 from ._optim import keras_variables, save_training
 from ._plan import plan
+from ._progress import check_compression, progress_bar, tensor_bytes
+from ._v3format import chosen_format
+from ._v3io import save_keras_model
 from .errors import TorchKerasIOError, TorchKerasIOWarning, UnsupportedLayerError
 from .registration import registered_name
 
@@ -64,22 +68,38 @@ def to_yaml(module: nn.Module, *, input_shape: InputShape = None, channels_last:
 
 def save_model(model: nn.Module, filepath: Union[str, os.PathLike], *, optimizer=None, loss=None, metrics=None,
                overwrite: bool = True, include_optimizer: bool = True, input_shape: InputShape = None,
-               channels_last: bool = False, scheduler=None, batch_axis: BatchAxis = 0) -> None:  # fmt: skip
-    """Save ``model`` as a Keras full-model HDF5 file that ``keras.models.load_model`` opens.
+               channels_last: bool = False, scheduler=None, batch_axis: BatchAxis = 0,
+               format: Optional[str] = None, compression: Optional[str] = None,
+               compression_opts: Optional[int] = None, progress: Optional[bool] = None) -> None:  # fmt: skip
+    """Save ``model`` as a Keras model file that ``keras.models.load_model`` opens.
+
+    The format follows the name as in Keras 3: ``*.keras`` is Keras 3's ZIP archive (which Keras 3
+    loads; tf-keras does not), any other name the legacy full-model HDF5 (which both load);
+    ``format="keras"`` or ``format="h5"`` chooses explicitly.
 
     With an ``optimizer`` (a ``torch.optim`` SGD, Adam, AdamW, RMSprop, Adagrad, Adadelta, Adamax or
     NAdam; default: ``model.optimizer`` of a :class:`Model`), ``loss`` and ``metrics`` (Keras names),
     the file also holds Keras's ``training_config`` and ``optimizer_weights`` (tf-keras 2.11+ layout,
     so Keras compiles and resumes from it) and a torch-side record from which
     :func:`torchkeras_io.load_model` restores the optimizer (and a ``scheduler``) bit for bit.
+    ``compression``, ``compression_opts``, ``progress`` (HDF5 format): as for :func:`save_weights`.
     """
     from .models import Model
+
+    gzip_level = check_compression(compression, compression_opts)
 
     if isinstance(model, Model):
         optimizer = model.optimizer if optimizer is None else optimizer
         loss = model.loss if loss is None else loss
         metrics = model.metrics if metrics is None else metrics
     module = _unwrap(model)
+    if chosen_format(filepath, format, ".keras") == "keras":
+        if compression is not None:
+            raise TorchKerasIOError("compression applies to the legacy HDF5 format (an '.h5' name or format='h5')")
+        config, sources = _config(module, input_shape, channels_last, batch_axis)
+        save_keras_model(module, filepath, config, sources, optimizer=optimizer, loss=loss, metrics=metrics,
+                         scheduler=scheduler, include_optimizer=include_optimizer, overwrite=overwrite)  # fmt: skip
+        return
     torch_record = None
     try:
         config, sources = _config(module, input_shape, channels_last, batch_axis)
@@ -99,7 +119,9 @@ def save_model(model: nn.Module, filepath: Union[str, os.PathLike], *, optimizer
         records = [LayerRecord(s.name, s.layer.weights, s.layer.extras, {"keras_class": s.layer.class_name})
                    for s in slots]  # fmt: skip
         config = None
-    with atomic_write_path(filepath, overwrite=overwrite) as tmp:
+    top_weights = top.layer.weights if torch_record and top is not None else ()
+    bar = progress_bar(progress, tensor_bytes(records, top_weights), "save_model")
+    with contextlib.closing(bar), atomic_write_path(filepath, overwrite=overwrite) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["keras_version"] = KERAS_VERSION
             f.attrs["backend"] = "tensorflow"
@@ -108,8 +130,8 @@ def save_model(model: nn.Module, filepath: Union[str, os.PathLike], *, optimizer
             else:
                 f.attrs["torch_config"] = json.dumps(torch_record).encode("utf-8")
             f.attrs["torchkeras_io_version"] = __version__
-            top_weights = top.layer.weights if torch_record and top is not None else ()
-            write_weights_group(f.create_group("model_weights"), records, top_weights)
+            write_weights_group(f.create_group("model_weights"), records, top_weights, compression=compression,
+                                gzip_level=gzip_level, progress=bar.update)  # fmt: skip
             if optimizer is not None or loss is not None or metrics:
                 layers = [(r.name, r.weights) for r in records] + [("top_level_model_weights", top_weights)]
                 save_training(f, keras_variables(layers), optimizer, loss, metrics, scheduler, include_optimizer)

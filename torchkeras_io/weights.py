@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from typing import Union
+from typing import Optional, Union
 
 import h5py
 import torch
@@ -14,10 +14,13 @@ from torch import nn
 from . import __version__
 from ._adapters import FileInfo
 from ._atomic import atomic_write_path
-from ._h5format import LayerRecord, WeightsReader, write_weights_group
+from ._h5format import LayerRecord, write_weights_group
 from ._plan import LayerNames, Slot, plan
+from ._progress import check_compression, progress_bar, tensor_bytes
 from ._tensors import Transfer
-from .errors import TorchKerasIOError, TorchKerasIOWarning, WeightMismatchError
+from ._v3format import chosen_format
+from ._v3io import open_weights, write_module_shards, write_module_weights
+from .errors import FileFormatError, TorchKerasIOError, TorchKerasIOWarning, WeightMismatchError, h5_errors
 
 Device = Union[str, torch.device, None]
 
@@ -88,16 +91,43 @@ def save_weights(
     *,
     overwrite: bool = True,
     layer_names: LayerNames = None,
+    format: Optional[str] = None,
+    max_shard_size: Optional[float] = None,
+    compression: Optional[str] = None,
+    compression_opts: Optional[int] = None,
+    progress: Optional[bool] = None,
 ) -> None:
-    """Save the parameters and buffers of ``module`` as a Keras legacy-HDF5 weights file.
+    """Save the parameters and buffers of ``module`` as a Keras weights file.
+
+    The layout follows the name as in Keras 3: ``*.weights.h5`` is Keras 3's variable store
+    (``layers/<snake_class>/vars/<i>``), any other name the legacy HDF5 layout; ``format="keras"``
+    or ``format="h5"`` chooses explicitly. ``*.weights.json`` (or ``max_shard_size``, in GB, as in
+    Keras 3) writes Keras 3's sharded form: the JSON index and ``<stem>_00000.weights.h5``, ….
 
     Each module that owns tensors becomes a Keras layer named by its module path (or by
     ``layer_names``: a dict ``{module_path: keras_name}`` or a callable). Known module types use
     Keras's own layouts, so ``keras_model.load_weights(filepath)`` reads the file. The write is
     atomic; ``overwrite=False`` on an existing path raises ``FileExistsError``.
+    ``compression`` (legacy layout): None, ``"gzip"`` (level ``compression_opts``, 0-9, default 4)
+    or ``"lzf"``, HDF5 filters every Keras reads. ``progress`` (legacy layout): a tqdm bar on
+    stderr (True; needs tqdm), none (False), or one from 1 GiB when stderr is a terminal (None).
     """
+    gzip_level = check_compression(compression, compression_opts)
+    sharded = max_shard_size is not None or os.fspath(filepath).endswith(".weights.json")
+    if compression is not None and (sharded or chosen_format(filepath, format, ".weights.h5") != "h5"):
+        raise TorchKerasIOError("compression applies to the legacy HDF5 layout (an '.h5' name or format='h5')")
     _check_module(module)
     slots, top = plan(module, layer_names)
+    if sharded:
+        write_module_shards(os.fspath(filepath), slots, top, 5.0 if max_shard_size is None else max_shard_size,
+                            overwrite)  # fmt: skip
+        return
+    if chosen_format(filepath, format, ".weights.h5") == "keras":
+        with atomic_write_path(filepath, overwrite=overwrite) as tmp:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["torchkeras_io_version"] = __version__
+                write_module_weights(f, slots, top, module if layer_names is None else None)
+        return
     records = [
         LayerRecord(
             s.name,
@@ -107,10 +137,17 @@ def save_weights(
         )
         for s in slots
     ]
-    with atomic_write_path(filepath, overwrite=overwrite) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["torchkeras_io_version"] = __version__
-            write_weights_group(f, records, top.layer.weights if top is not None else ())
+    top_weights = top.layer.weights if top is not None else ()
+    bar = progress_bar(progress, tensor_bytes(records, top_weights), "save_weights")
+    try:
+        with atomic_write_path(filepath, overwrite=overwrite) as tmp:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["torchkeras_io_version"] = __version__
+                write_weights_group(
+                    f, records, top_weights, compression=compression, gzip_level=gzip_level, progress=bar.update
+                )
+    finally:
+        bar.close()
 
 
 # ------------------------------------------------------------------------------------------ load
@@ -159,8 +196,15 @@ def load_weights(
     reshape: bool = False,
     device: Device = None,
     layer_names: LayerNames = None,
+    allow_nonfinite: bool = True,
+    progress: Optional[bool] = None,
 ) -> LoadReport:
-    """Load a Keras legacy-HDF5 weights file (or a full-model file's weights) into ``module``.
+    """Load a Keras weights file (or a model file's weights) into ``module``.
+
+    Legacy HDF5, Keras 3 ``.weights.h5``, ``.keras`` archives and sharded ``.weights.json`` are told
+    apart by their bytes. In a Keras 3 store, layers are matched by Keras 3's paths
+    (``layers/dense_1``) when the module's layers give the same ones, else in the file's order
+    (ours) or by the ``vars`` ``name`` attribute with ``by_name=True``.
 
     ``by_name=False`` pairs the module's layers with the file's layers that have weights, in
     order (Keras's topological loading); ``by_name=True`` pairs them by Keras layer name and
@@ -168,14 +212,18 @@ def load_weights(
     :class:`WeightMismatchError`, or with ``skip_mismatch=True`` is skipped with a warning;
     ``reshape=True`` reshapes a weight whose element count matches. Every shape is checked before
     anything is written, so a failed load leaves the module as it was. ``device`` moves the module
-    first; otherwise each tensor lands on the device its parameter lives on.
+    first; otherwise each tensor lands on the device its parameter lives on. NaN and Inf load as
+    they are; ``allow_nonfinite=False`` refuses them with a :class:`FileFormatError` naming the
+    layer and weight. A failure while reading data (a corrupt or truncated file) restores every
+    tensor already written: the module is left as it was. ``progress``: as for :func:`save_weights`.
     """
     _check_module(module)
     if device is not None:
         module.to(device)
     slots, top = plan(module, layer_names)
     filepath = os.fspath(filepath)
-    with WeightsReader(filepath) as reader:
+    # legacy HDF5, .weights.h5, .weights.json or .keras: told apart by their bytes
+    with h5_errors(filepath), open_weights(filepath, slots, module=module) as reader:
         info = FileInfo(filepath, reader.keras_version, reader.backend)
         report = LoadReport(filepath)
         file_layers = {name: reader.layer(name) for name in reader.layer_names}
@@ -223,16 +271,53 @@ def load_weights(
                         filepath=filepath,
                         layer=slot.name,
                     )
-                assignments.append((target, lazy))
+                assignments.append((target, lazy, slot.name))
             report.loaded.append(slot.name)
 
-        with torch.no_grad(), Transfer() as transfer:
-            for target, lazy in assignments:
-                lazy.read_into(target, transfer)
+        bar = progress_bar(progress, sum(x.numel() * x.dtype.itemsize for _, x, _ in assignments), "load_weights")
+        try:
+            with torch.no_grad(), Transfer() as transfer:
+                _apply(assignments, transfer, allow_nonfinite, filepath, bar.update)
+        finally:
+            bar.close()
         # let go of the file's objects before it closes: closing a file that still has thousands
         # of open datasets costs more than the load
         del assignments, pairs, file_layers, file_top
     return report
+
+
+def _apply(assignments: list, transfer: Transfer, allow_nonfinite: bool, filepath: str, advance=None) -> None:
+    """Read every weight into its tensor; on any failure put back what was already overwritten, so
+    that a load either applies all of the file or nothing (at the cost of one copy of the targets).
+
+    Weights read from plain storage whose place in the file was checked up front (the block
+    source is ``prechecked``) cannot fail on the file's contents: they are read last and need no
+    copy, which keeps the extra memory of loading ordinary files bounded (only an I/O error of
+    the disk itself could then interrupt the load)."""
+    checked = [allow_nonfinite and _prechecked(lazy) for _, lazy, _ in assignments]
+    ordered = [a for a, c in zip(assignments, checked) if not c] + [a for a, c in zip(assignments, checked) if c]
+    n_risky = len(assignments) - sum(checked)
+    saved = []
+    try:
+        for i, (target, lazy, layer) in enumerate(ordered):
+            if i < n_risky:
+                saved.append((target, target.detach().clone()))
+            lazy.read_into(target, transfer)
+            if advance is not None:
+                advance(lazy.numel() * lazy.dtype.itemsize)
+            if not allow_nonfinite and target.is_floating_point() and not bool(torch.isfinite(target).all()):
+                bad = int((~torch.isfinite(target)).sum())
+                raise FileFormatError(f"{bad} NaN/Inf value(s) and allow_nonfinite=False", filepath=filepath,
+                                      layer=layer, weight=lazy.name)  # fmt: skip
+    except BaseException:
+        for target, old in saved:
+            target.copy_(old)
+        raise
+
+
+def _prechecked(lazy) -> bool:
+    view = lazy.strided()
+    return view is not None and getattr(view.root, "prechecked", False)
 
 
 def _pair(slots, file_layers: dict, by_name: bool, report: LoadReport, filepath: str):

@@ -155,6 +155,17 @@ def _fail(msg: str) -> FileFormatError:
     return FileFormatError(f"model config: {msg}")
 
 
+def _index(x: Any) -> int:
+    """A node or tensor index of a reference (an int, or a float or string spelling one)."""
+    try:
+        value = int(x)
+    except (TypeError, ValueError, OverflowError):
+        raise _fail(f"bad node/tensor index {str(x)[:50]!r}") from None
+    if isinstance(x, bool) or value != x and str(value) != x:
+        raise _fail(f"bad node/tensor index {str(x)[:50]!r}")
+    return value
+
+
 def _as_dict(x: Any, what: str) -> dict:
     if not isinstance(x, dict):
         raise _fail(f"{what} is a {type(x).__name__}, expected an object")
@@ -176,6 +187,8 @@ def _strip_envelope(entry: dict) -> tuple[str, dict]:
     class_name = entry.get("class_name")
     if not isinstance(class_name, str):
         raise _fail(f"layer entry without a class name: {str(entry)[:200]}")
+    if not class_name.isidentifier():  # Keras class names are plain names, never import paths
+        raise _fail(f"class name {class_name[:200]!r} is not a Keras class name")
     cfg = entry.get("config", {})
     if cfg is None:
         cfg = {}
@@ -233,7 +246,7 @@ def _parse_value(x: Any, layer_names: set, depth: int = 0) -> Any:
             hist = _as_dict(x.get("config"), "__keras_tensor__").get("keras_history")
             if not (isinstance(hist, list) and len(hist) == 3 and isinstance(hist[0], str)):
                 raise _fail(f"bad keras_history {hist!r}")
-            return Ref(hist[0], int(hist[1]), int(hist[2]))
+            return Ref(hist[0], _index(hist[1]), _index(hist[2]))
         return {k: _parse_value(v, layer_names, depth + 1) for k, v in x.items()}
     if _is_ref(x, layer_names):
         return Ref(x[0], x[1], x[2])
@@ -265,7 +278,7 @@ def _parse_calls(inbound: Any, layer_names: set, generation: int) -> list:
             if entry[0] == "_CONSTANT_VALUE":
                 tensors.append(entry[2])
             else:
-                tensors.append(Ref(entry[0], int(entry[1]), int(entry[2])))
+                tensors.append(Ref(entry[0], _index(entry[1]), _index(entry[2])))
             if len(entry) > 3 and entry[3]:
                 kwargs.update(_parse_value(_as_dict(entry[3], "call kwargs"), layer_names))
         calls.append(Call([tensors[0]] if len(tensors) == 1 else [tensors], kwargs))
@@ -287,7 +300,7 @@ def _refs(spec: Any, what: str) -> list:
         if isinstance(item, dict) and "class_name" in item:  # Keras 3 may nest keras tensors
             out.append(_parse_value(item, set()))
         elif isinstance(item, list) and len(item) >= 3 and isinstance(item[0], str):
-            out.append(Ref(item[0], int(item[1]), int(item[2])))
+            out.append(Ref(item[0], _index(item[1]), _index(item[2])))
         else:
             raise _fail(f"bad entry in {what}: {str(item)[:100]}")
     return out

@@ -134,6 +134,12 @@ class KerasGraph(nn.Module):
         return [(t, lay if isinstance(t, torch.Tensor) and t.dim() >= 3 else "cl") for t in outs]
 
     def forward(self, *inputs: torch.Tensor):
+        values = self._values(inputs)
+        outs = [_convert(*values[(r.layer, r.node)][r.tensor], "cl") for r in self._outputs]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _values(self, inputs: tuple) -> dict:
+        """Run the graph: ``{(layer, node): [(tensor, layout), ...]}`` for every layer call."""
         if len(inputs) == 1 and isinstance(inputs[0], (list, tuple)) and len(self._inputs) > 1:
             inputs = tuple(inputs[0])
         if len(inputs) != len(self._inputs):
@@ -143,8 +149,13 @@ class KerasGraph(nn.Module):
             values[key] = [(x if isinstance(x, torch.Tensor) else torch.as_tensor(x), "cl")]
         for step in self._steps:
             values[(step.layer, step.node)] = self._run(step, values, masks)
-        outs = [_convert(*values[(r.layer, r.node)][r.tensor], "cl") for r in self._outputs]
-        return outs[0] if len(outs) == 1 else tuple(outs)
+        return values
+
+    def layer_outputs(self, *inputs: torch.Tensor) -> dict:
+        """Every layer call's outputs in Keras's layout: ``{(layer name, node index): [tensor, ...]}``.
+
+        What a Keras functional model with every layer output computes, for per-layer comparisons."""
+        return {key: [_convert(t, lay, "cl") for t, lay in outs] for key, outs in self._values(inputs).items()}
 
     # ------------------------------------------------------------------------------ weights
     def keras_layer_names(self, prefix: str = "") -> dict:

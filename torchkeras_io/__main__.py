@@ -1,0 +1,8 @@
+"""``python -m torchkeras_io``: the ``torchkeras-io`` command line."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

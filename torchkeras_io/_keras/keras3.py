@@ -1,0 +1,167 @@
+"""Keras-2-style model configs (what :mod:`.._export` writes) in the Keras 3 ``.keras`` dialect.
+
+Keras 3 deserializes ``config.json`` by ``module`` + ``class_name`` (keras_h5_formats.md §6.5,
+§6.7): every object carries ``module`` and ``registered_name``; ``InputLayer`` has
+``batch_shape``; Functional nodes are ``{"args": [...], "kwargs": {...}}`` with
+``__keras_tensor__`` references; nested models are referenced from node 0. tf-keras-only layer
+arguments (``MultiHeadAttention``'s ``query_shape``/``key_shape``/``value_shape``) become the
+layer's ``build_config``. Also: :func:`layer_entries`, the layers of a Keras 3 config with the
+store path Keras 3 gives each one.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any, Optional
+
+MODEL_CLASSES = ("Sequential", "Functional", "Model")
+_OBJECT_MODULES = {"_initializer": "keras.initializers", "_regularizer": "keras.regularizers",
+                   "_constraint": "keras.constraints"}  # fmt: skip
+
+
+def keras_snake(name: str) -> str:
+    """Keras's ``naming.to_snake_case`` (``Conv2D`` -> ``conv2d``, ``PReLU`` -> ``p_re_lu``)."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _obj(module: str, class_name: str, config: Any) -> dict:
+    return {"module": module, "class_name": class_name, "config": config, "registered_name": None}
+
+
+def _nested_objects(cfg: dict) -> None:
+    """Initializers, regularizers and constraints given as ``{class_name, config}`` get a module."""
+    for key, value in list(cfg.items()):
+        if isinstance(value, dict) and "class_name" in value and "module" not in value:
+            for suffix, module in _OBJECT_MODULES.items():
+                if key.endswith(suffix):
+                    cfg[key] = _obj(module, value["class_name"], value.get("config", {}))
+
+
+def _is_ref(x: Any) -> bool:
+    return (
+        isinstance(x, list) and len(x) in (3, 4) and isinstance(x[0], str) and all(isinstance(v, int) for v in x[1:3])
+    )
+
+
+def _tensor(ref: list, nested: set) -> dict:
+    node = 0 if ref[0] in nested else ref[1]  # Keras 2 counts a nested model's nodes from 1
+    # Keras 3 replaces the placeholder by the inbound layer's output; it only needs a valid shape
+    return {"class_name": "__keras_tensor__",
+            "config": {"shape": [None], "dtype": "float32", "keras_history": [ref[0], node, ref[2]]}}  # fmt: skip
+
+
+def _convert_value(x: Any, nested: set) -> Any:
+    if _is_ref(x):
+        return _tensor(x, nested)
+    if isinstance(x, list):
+        return [_convert_value(v, nested) for v in x]
+    if isinstance(x, dict):
+        return {k: _convert_value(v, nested) for k, v in x.items()}
+    return x
+
+
+def _nodes(inbound: list, nested: set, class_name: Optional[str] = None) -> list:
+    out = []
+    for node in inbound:
+        if isinstance(node, dict):  # already Keras 3
+            out.append(node)
+            continue
+        kwargs = {}
+        for entry in node:
+            if len(entry) > 3 and isinstance(entry[3], dict):
+                kwargs.update(entry[3])
+        tensors = [_tensor(entry, nested) for entry in node]
+        args = [tensors[0]] if len(tensors) == 1 else [tensors]
+        if class_name == "MultiHeadAttention" and len(tensors) == 1 and "value" in kwargs:
+            args.append(_convert_value(kwargs.pop("value"), nested))  # Keras 3 writes call(query, value)
+        out.append({"args": args, "kwargs": _convert_value(kwargs, nested)})
+    return out
+
+
+def _layer_config(class_name: str, cfg: dict) -> tuple:
+    """(Keras 3 layer config, build_config or None)."""
+    cfg = dict(cfg)
+    build = None
+    if class_name == "InputLayer":
+        if "batch_input_shape" in cfg:
+            cfg["batch_shape"] = cfg.pop("batch_input_shape")
+        cfg.setdefault("optional", False)
+        return cfg, None
+    cfg.pop("batch_input_shape", None)
+    if isinstance(cfg.get("axis"), list) and len(cfg["axis"]) == 1 and class_name == "BatchNormalization":
+        cfg["axis"] = cfg["axis"][0]
+    if class_name == "MultiHeadAttention":
+        shapes = {k: cfg.pop(k) for k in ("query_shape", "value_shape", "key_shape") if k in cfg}
+        if shapes.get("query_shape") is not None:
+            build = {"shapes_dict": shapes}
+    for key in ("layer", "forward_layer", "backward_layer"):  # wrappers
+        inner = cfg.get(key)
+        if isinstance(inner, dict) and "class_name" in inner:
+            inner_cfg, _ = _layer_config(inner["class_name"], inner.get("config", {}))
+            cfg[key] = _obj("keras.layers", inner["class_name"], inner_cfg)
+    _nested_objects(cfg)
+    return cfg, build
+
+
+def to_keras3(config: dict) -> dict:
+    """The Keras 3 ``config.json`` object for a Keras 2 (or already Keras 3) model config."""
+    if "module" in config:
+        return copy.deepcopy(config)
+    class_name = config.get("class_name")
+    cfg = copy.deepcopy(config.get("config", {}))
+    if class_name not in MODEL_CLASSES:
+        layer_cfg, build = _layer_config(class_name, cfg)
+        out = _obj("keras.layers", class_name, layer_cfg)
+        if build is not None:
+            out["build_config"] = build
+        return out
+    layers = cfg.get("layers", [])
+    nested = {entry.get("config", {}).get("name", entry.get("name")) for entry in layers
+              if entry.get("class_name") in MODEL_CLASSES}  # fmt: skip
+    new_layers = []
+    for entry in layers:
+        sub = to_keras3(entry)
+        if class_name != "Sequential":
+            sub["name"] = entry.get("name", entry.get("config", {}).get("name"))
+            sub["inbound_nodes"] = _nodes(entry.get("inbound_nodes", []), nested, entry.get("class_name"))
+        new_layers.append(sub)
+    cfg["layers"] = new_layers
+    if class_name == "Sequential":
+        return {"module": "keras", "class_name": "Sequential", "config": cfg, "registered_name": None}
+    for key in ("input_layers", "output_layers"):
+        refs = cfg.get(key)
+        if isinstance(refs, list):
+            refs = [[r[0], 0 if r[0] in nested else r[1], r[2]] if _is_ref(r) else r for r in refs]
+            cfg[key] = refs[0] if len(refs) == 1 else refs
+    return {"module": "keras.src.models.functional", "class_name": "Functional", "config": cfg,
+            "registered_name": "Functional"}  # fmt: skip
+
+
+def layer_entries(config: dict, prefix: str = "") -> list:
+    """``[(store path, layer name, class name, wrapped class or None)]`` for every non-model layer of
+    a Keras 3 config, as Keras 3's saving walk names them (nested models recursed into)."""
+    out = []
+    cfg = config.get("config", {})
+    layers = cfg.get("layers", []) if isinstance(cfg, dict) else []
+    used: dict = {}
+    for entry in layers:
+        cls = entry.get("class_name")
+        if config.get("class_name") == "Sequential" and cls == "InputLayer":
+            continue  # Sequential.layers leaves the InputLayer out
+        base = keras_snake(str(cls))
+        n = used.get(base, 0)
+        used[base] = n + 1
+        path = f"{prefix}layers/{base}" + (f"_{n}" if n else "")
+        name = entry.get("config", {}).get("name", entry.get("name"))
+        if cls in MODEL_CLASSES:
+            out += layer_entries(entry, f"{path}/")
+            continue
+        inner: Optional[str] = None
+        wrapped = entry.get("config", {}).get("layer")
+        if isinstance(wrapped, dict):
+            inner = wrapped.get("class_name")
+        out.append((path, name, cls, inner))
+    return out
