@@ -246,30 +246,20 @@ def structure_cases(work: pathlib.Path, sources: list, rng: random.Random) -> li
             with h5py.File(p, "r+") as f:
                 del f[obj].attrs[attr]
             cases.append(Case("missing", f"{name}: del {obj}@{attr}", kind, p, module=factory))
-        groups = [o for o in objs if isinstance(h5py.File(path, "r").get(o), h5py.Group)]
-        for i in range(4):
-            if len(groups) < 2:
-                break
-            a, b = rng.sample(groups, 2)
-            if a.startswith(b) or b.startswith(a):
-                continue
-            p = _copy(path, work, f"swap{i}")
-            with h5py.File(p, "r+") as f:
-                f.move(a, "__tmp__")
-                f.move(b, a)
-                f.move("__tmp__", b)
-            cases.append(Case("swapped", f"{name}: swap {a} <-> {b}", kind, p, module=factory))
-        dsets = [o for o in objs if isinstance(h5py.File(path, "r").get(o), h5py.Dataset)]
-        for i in range(3):
-            if len(dsets) < 2:
-                break
-            a, b = rng.sample(dsets, 2)
-            p = _copy(path, work, f"swapd{i}")
-            with h5py.File(p, "r+") as f:
-                f.move(a, "__tmp__")
-                f.move(b, a)
-                f.move("__tmp__", b)
-            cases.append(Case("swapped", f"{name}: swap {a} <-> {b}", kind, p, module=factory))
+        with h5py.File(path, "r") as f:
+            groups = [o for o in objs if isinstance(f.get(o), h5py.Group)]
+            dsets = [o for o in objs if isinstance(f.get(o), h5py.Dataset)]
+        for tag, pool, tries in (("swap", groups, 4), ("swapd", dsets, 3)):
+            for i in range(tries if len(pool) >= 2 else 0):
+                a, b = rng.sample(pool, 2)
+                if a.startswith(b) or b.startswith(a):
+                    continue
+                p = _copy(path, work, f"{tag}{i}")
+                with h5py.File(p, "r+") as f:
+                    f.move(a, "__tmp__")
+                    f.move(b, a)
+                    f.move("__tmp__", b)
+                cases.append(Case("swapped", f"{name}: swap {a} <-> {b}", kind, p, module=factory))
         for i, (obj, attr) in enumerate(rng.sample(attrs, min(len(attrs), 4))):
             other = rng.choice(attrs)
             p = _copy(path, work, f"swapattr{i}")
@@ -974,16 +964,16 @@ def test_corrupt_compressed_chunk_applies_nothing(tmp_path):
 
 
 def test_h5py_errors_from_corrupt_metadata_are_file_format_errors(tmp_path):
-    from torchkeras_io.errors import FileFormatError, h5_errors
+    from torchkeras_io.errors import FileFormatError, _h5_errors
 
     path = _saved(tmp_path)
     with pytest.raises(FileFormatError, match="corrupt HDF5"):
-        with h5_errors(path):
+        with _h5_errors(path):
             import h5py
 
             h5py.File(path, "r")["no/such/object"]
     with pytest.raises(KeyError):  # not from h5py: passes through unchanged
-        with h5_errors(path):
+        with _h5_errors(path):
             {}["x"]
 
 

@@ -12,7 +12,7 @@ from typing import Optional
 import h5py
 
 from ._h5format import HDF5_SIGNATURE, read_str_attr
-from .errors import FileFormatError, h5_errors
+from .errors import FileFormatError, _h5_errors
 
 MAX_CONFIG_BYTES = 256 * 1024 * 1024
 
@@ -35,7 +35,7 @@ def read_model_file_info(filepath: os.PathLike | str) -> ModelFileInfo:
         hint = " (it is a ZIP archive: a Keras 3 .keras file?)" if head[:4] == b"PK\x03\x04" else ""
         raise FileFormatError(f"not an HDF5 file{hint}", filepath=filepath)
     try:
-        with h5_errors(filepath), h5py.File(filepath, "r") as f:
+        with _h5_errors(filepath), h5py.File(filepath, "r") as f:
             out = ModelFileInfo(
                 _attr(f, "model_config", filepath),
                 _attr(f, "training_config", filepath),

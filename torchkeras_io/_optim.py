@@ -29,7 +29,7 @@ from . import losses as _losses
 from . import metrics as _metrics
 from ._h5format import load_attributes, save_attributes
 from ._tensors import Lazy, from_numpy, to_numpy
-from .errors import FileFormatError, TorchKerasIOError, TorchKerasIOWarning, h5_errors
+from .errors import FileFormatError, TorchKerasIOError, TorchKerasIOWarning, _h5_errors
 
 TORCH_GROUP = "torch_optimizer"
 OPT_GROUP = "optimizer_weights"
@@ -818,12 +818,12 @@ def restore_for_model(module: nn.Module, filepath: str, training_config: Optiona
     from ._plan import plan
 
     slots, top = plan(module, layer_names)
-    with h5_errors(filepath), WeightsReader(filepath) as reader:
+    with _h5_errors(filepath), WeightsReader(filepath) as reader:
         order = {name: i for i, name in enumerate(reader.layer_names)}
     slots = sorted(slots, key=lambda s: order.get(s.name, len(order)))
     layers = [(s.name, s.layer.weights) for s in slots]
     if top is not None:
         layers.append((top.name, top.layer.weights))
-    with h5_errors(filepath), h5py.File(filepath, "r") as f:
+    with _h5_errors(filepath), h5py.File(filepath, "r") as f:
         kvars = keras_variables(layers, frozen_too=TORCH_GROUP in f)
         return restore_training(f, filepath, training_config, kvars, device, keras_version, module)

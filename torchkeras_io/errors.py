@@ -47,7 +47,7 @@ def _rebuild(cls, message, filepath, layer, weight):
 
 
 @contextlib.contextmanager
-def h5_errors(filepath: os.PathLike | str) -> Iterator[None]:
+def _h5_errors(filepath: os.PathLike | str) -> Iterator[None]:
     """Errors that h5py itself raises on a corrupt file (its RuntimeError, KeyError, OSError...
     out of HDF5's decoders, wherever the reading code touched the file) become a FileFormatError
     naming the file; errors raised by anything else pass through unchanged."""

@@ -20,7 +20,7 @@ from ._progress import check_compression, progress_bar, tensor_bytes
 from ._tensors import Transfer
 from ._v3format import chosen_format
 from ._v3io import open_weights, write_module_shards, write_module_weights
-from .errors import FileFormatError, TorchKerasIOError, TorchKerasIOWarning, WeightMismatchError, h5_errors
+from .errors import FileFormatError, TorchKerasIOError, TorchKerasIOWarning, WeightMismatchError, _h5_errors
 
 Device = Union[str, torch.device, None]
 
@@ -223,7 +223,7 @@ def load_weights(
     slots, top = plan(module, layer_names)
     filepath = os.fspath(filepath)
     # legacy HDF5, .weights.h5, .weights.json or .keras: told apart by their bytes
-    with h5_errors(filepath), open_weights(filepath, slots, module=module) as reader:
+    with _h5_errors(filepath), open_weights(filepath, slots, module=module) as reader:
         info = FileInfo(filepath, reader.keras_version, reader.backend)
         report = LoadReport(filepath)
         file_layers = {name: reader.layer(name) for name in reader.layer_names}
