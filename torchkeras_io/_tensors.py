@@ -166,6 +166,32 @@ class Lazy:
         else:
             _load_blocks_to_device(root, dst, self.dtype, transfer)
 
+    def scan(self, check: Callable[[torch.Tensor], None], transfer: Transfer) -> bool:
+        """Read the stored data of a block source block by block into ``transfer``'s buffer and
+        pass each block to ``check``, keeping nothing: proves the data readable (decompressible)
+        and lets ``check`` look at every value, in bounded memory. False, with nothing read, when
+        the value is not a view of a block source (read it whole instead)."""
+        view = self.strided()
+        root = view.root if view is not None else None
+        if root is None or isinstance(root, torch.Tensor) or self.dtype not in _BLOCK_DTYPES:
+            return False
+        shape = tuple(root.shape)
+        if math.prod(shape) == 0:
+            return True
+        plan = _Plan(shape, self.dtype.itemsize, transfer.max_bytes)
+        if plan.dim is None:
+            buf = torch.empty(shape, dtype=self.dtype)  # a shape no block plan fits (rare)
+            root.read_block((0,) * len(shape), buf)
+            check(buf)
+            return True
+        whole = torch.empty(shape, dtype=self.dtype, device="meta")  # block shapes, no memory
+        raw = transfer.buffers()[0]
+        for start in plan.starts:
+            buf = _typed(raw, tuple(plan.slab(whole, start).shape), self.dtype)
+            root.read_block(plan.origin(len(shape), start), buf)
+            check(buf)
+        return True
+
     def numel(self) -> int:
         return math.prod(self.shape)
 

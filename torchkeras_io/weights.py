@@ -287,32 +287,35 @@ def load_weights(
 
 
 def _apply(assignments: list, transfer: Transfer, allow_nonfinite: bool, filepath: str, advance=None) -> None:
-    """Read every weight into its tensor; on any failure put back what was already overwritten, so
-    that a load either applies all of the file or nothing (at the cost of one copy of the targets).
+    """Read every weight into its tensor: all of the file or nothing.
 
-    Weights read from plain storage whose place in the file was checked up front (the block
-    source is ``prechecked``) cannot fail on the file's contents: they are read last and need no
-    copy, which keeps the extra memory of loading ordinary files bounded (only an I/O error of
-    the disk itself could then interrupt the load)."""
-    checked = [allow_nonfinite and _prechecked(lazy) for _, lazy, _ in assignments]
-    ordered = [a for a, c in zip(assignments, checked) if not c] + [a for a, c in zip(assignments, checked) if c]
-    n_risky = len(assignments) - sum(checked)
-    saved = []
-    try:
-        for i, (target, lazy, layer) in enumerate(ordered):
-            if i < n_risky:
-                saved.append((target, target.detach().clone()))
-            lazy.read_into(target, transfer)
-            if advance is not None:
-                advance(lazy.numel() * lazy.dtype.itemsize)
-            if not allow_nonfinite and target.is_floating_point() and not bool(torch.isfinite(target).all()):
-                bad = int((~torch.isfinite(target)).sum())
+    A weight whose read could still fail on the file's contents (compressed or filtered data, a
+    value computed from several stored tensors, a NaN/Inf check) is read once to prove it, and
+    dropped, before the module changes: stored data block by block through the transfer buffer,
+    a computed value into a scratch tensor of its own. Plain storage whose place in the file was
+    checked up front (``prechecked``) cannot fail on the file's contents and is read once. So
+    extra memory stays a block (or one computed tensor), never a copy of the model, at the cost
+    of reading those weights twice; only an I/O error of the disk itself could interrupt the
+    second pass."""
+    for target, lazy, layer in assignments:
+        if allow_nonfinite and _prechecked(lazy):
+            continue
+
+        def check(values: torch.Tensor, lazy=lazy, layer=layer) -> None:
+            if not allow_nonfinite and values.is_floating_point() and not bool(torch.isfinite(values).all()):
+                bad = int((~torch.isfinite(values)).sum())
                 raise FileFormatError(f"{bad} NaN/Inf value(s) and allow_nonfinite=False", filepath=filepath,
                                       layer=layer, weight=lazy.name)  # fmt: skip
-    except BaseException:
-        for target, old in saved:
-            target.copy_(old)
-        raise
+
+        if not lazy.scan(check, transfer):
+            trial = torch.empty_like(target)
+            lazy.read_into(trial, transfer)
+            check(trial)
+            del trial
+    for target, lazy, _ in assignments:
+        lazy.read_into(target, transfer)
+        if advance is not None:
+            advance(lazy.numel() * lazy.dtype.itemsize)
 
 
 def _prechecked(lazy) -> bool:
