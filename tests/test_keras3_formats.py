@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_close_rel, keras_module
-from test_export import CASES, INT_INPUTS, _inputs, _prepare, _torch_outputs
+from test_export import BATCH_AXIS, CASES, INT_INPUTS, _case_io, _inputs, _prepare, _torch_outputs
 from torch import nn
 
 import torchkeras_io as tkio
@@ -80,6 +80,17 @@ def test_keras3_opens_the_other_export_cases(name, channels_last, tmp_path):
     xs, kxs = _inputs(shapes, channels_last)
     model = keras.saving.load_model(tmp_path / "m.keras", compile=False)
     for y, ref in zip(_kpredict(model, kxs), _torch_outputs(module, xs, channels_last)):
+        assert_close_rel(np.asarray(y), ref, rtol)
+
+
+@pytest.mark.parametrize("name", ["lstm_seq_first", "gru_transposed", "transformer_seq_first"])
+def test_keras3_opens_sequence_first_exports(name, tmp_path):
+    _, shapes, _ = CASES[name]
+    module = _prepare(CASES[name][0])
+    tkio.save_model(module, tmp_path / "m.keras", input_shape=shapes[0], batch_axis=BATCH_AXIS.get(name, (0,))[0])
+    kxs, refs, rtol = _case_io(name, False, module)
+    model = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    for y, ref in zip(_kpredict(model, kxs), refs):
         assert_close_rel(np.asarray(y), ref, rtol)
 
 
