@@ -9,6 +9,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+#: the oracles of a parametrized interop test
+BOTH = ("tf_keras", "keras3")
+K3 = ("keras3",)
+TFK = ("tf_keras",)
+#: warnings the oracles print while writing and reading legacy HDF5 (``pytestmark = [*ORACLE_WARNINGS, ...]``)
+ORACLE_WARNINGS = [
+    pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+
 
 def _np(x):
     if hasattr(x, "detach"):

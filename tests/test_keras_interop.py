@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close_rel, keras_module
+from conftest import ORACLE_WARNINGS, assert_close_rel, keras_module
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -30,10 +30,7 @@ RTOL = 1e-5
 RTOL_RNN = 1e-4
 BATCH = 2
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-]
+pytestmark = [*ORACLE_WARNINGS]
 
 
 # ------------------------------------------------------------------------------- torch wrappers

@@ -15,21 +15,14 @@ from typing import Callable, Optional
 
 import numpy as np
 import pytest
-from conftest import assert_close_rel, keras_module
+from conftest import BOTH, K3, ORACLE_WARNINGS, TFK, assert_close_rel, keras_module
 
 import torchkeras_io as tkio
 
 RTOL = 1e-5
 BATCH = 3
-BOTH = ("tf_keras", "keras3")
-K3 = ("keras3",)
-TFK = ("tf_keras",)
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file"),
-    pytest.mark.filterwarnings("ignore:Do not pass an `input_shape`"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-]
+pytestmark = [*ORACLE_WARNINGS, pytest.mark.filterwarnings("ignore:Do not pass an `input_shape`")]
 
 
 # ------------------------------------------------------------------------------------ cases

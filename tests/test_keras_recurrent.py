@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close_rel, keras_module
+from conftest import ORACLE_WARNINGS, assert_close_rel, keras_module
 from torch import nn
 
 import torchkeras_io as tkio
@@ -32,11 +32,7 @@ from torchkeras_io.modules import HardSigmoidTF
 RTOL = 1e-4
 B, T, F, U, V = 4, 6, 3, 4, 9  # batch, steps, features, units, vocabulary
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore::UserWarning"),
-]
+pytestmark = [*ORACLE_WARNINGS, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 # kept steps per sample: one contiguous run each (packed kernel), or holes and an empty row (loop)
 MASKS = {

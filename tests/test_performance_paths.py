@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close_rel, keras_module
+from conftest import ORACLE_WARNINGS, assert_close_rel, keras_module
 from torch import nn
 
 import torchkeras_io as tkio
@@ -31,10 +31,7 @@ from torchkeras_io._h5format import WeightsReader, _Rows, _Writer
 from torchkeras_io._tensors import Transfer, _device_blocks, _in_root_order, _load_blocks_to_device
 from torchkeras_io.errors import FileFormatError, TorchKerasIOError
 
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file"),
-    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
-]
+pytestmark = [*ORACLE_WARNINGS]
 
 
 def _model(seed: int = 0) -> nn.Module:
