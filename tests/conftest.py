@@ -43,3 +43,33 @@ def keras_module(flavor: str):
     keras = pytest.importorskip("keras")
     assert keras.backend.backend() == "torch", "keras was imported before conftest set KERAS_BACKEND=torch"
     return keras
+
+
+def as_list(x) -> list:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def randomize_keras_weights(model, rng: np.random.Generator) -> None:
+    """Non-trivial weights for a Keras model: positive variances, gammas of both signs, the rest N(0, 0.5)."""
+    values = []
+    for w, v in zip(model.weights, model.get_weights()):
+        if "variance" in w.name:
+            values.append(rng.uniform(0.3, 2.0, v.shape))
+        elif "gamma" in w.name:
+            values.append(rng.uniform(0.5, 1.5, v.shape) * rng.choice([-1, 1], v.shape))
+        elif np.issubdtype(v.dtype, np.floating):
+            values.append(rng.normal(0.0, 0.5, v.shape))
+        else:
+            values.append(v)
+    model.set_weights([np.asarray(a, dtype=v.dtype) for a, v in zip(values, model.get_weights())])
+
+
+def keras_then_ours(model, feed, path) -> tuple:
+    """(Keras's outputs on ``feed``, ours after ``model.save(path)`` and ``tkio.load_model``), as lists."""
+    import torchkeras_io as tkio
+
+    ref = as_list(model.predict(feed, verbose=0))
+    model.save(path)
+    got = as_list(tkio.load_model(path, compile=False).predict(feed))
+    assert len(got) == len(ref)
+    return ref, got

@@ -17,7 +17,17 @@ from typing import Callable
 
 import numpy as np
 import pytest
-from conftest import BOTH, K3, ORACLE_WARNINGS, TFK, assert_close_rel, keras_module
+from conftest import (
+    BOTH,
+    K3,
+    ORACLE_WARNINGS,
+    TFK,
+    as_list,
+    assert_close_rel,
+    keras_module,
+    keras_then_ours,
+    randomize_keras_weights,
+)
 
 import torchkeras_io as tkio
 
@@ -293,18 +303,6 @@ case("rescaling", [F((4, 4, 3))], L("Rescaling", 1 / 127.5, offset=-1.0))
 
 
 # ------------------------------------------------------------------------------------ harness
-def _randomize(model, rng: np.random.Generator) -> None:
-    values = []
-    for w, v in zip(model.weights, model.get_weights()):
-        if "variance" in w.name:
-            values.append(rng.uniform(0.3, 2.0, v.shape))
-        elif np.issubdtype(v.dtype, np.floating):
-            values.append(rng.normal(0.0, 0.5, v.shape))
-        else:
-            values.append(v)
-    model.set_weights([np.asarray(a, dtype=v.dtype) for a, v in zip(values, model.get_weights())])
-
-
 def _inputs(c: Case, rng: np.random.Generator) -> list:
     out = []
     for shape, kind in c.inputs:
@@ -330,10 +328,6 @@ def _keras_model(K, c: Case):
     return K.Model(inputs, c.build(K, inputs))
 
 
-def _as_list(x) -> list:
-    return list(x) if isinstance(x, (list, tuple)) else [x]
-
-
 PARAMS = [pytest.param(flavor, c, id=f"{flavor}-{c.id}", marks=c.marks) for c in CASES for flavor in c.flavors]
 
 
@@ -342,15 +336,11 @@ def test_layer_matches_keras(flavor, c, tmp_path):
     K = keras_module(flavor)
     rng = np.random.default_rng(zlib.crc32(c.id.encode()))
     model = _keras_model(K, c)
-    _randomize(model, rng)
+    randomize_keras_weights(model, rng)
     xs = _inputs(c, rng)
     feed = xs if len(xs) > 1 else xs[0]
-    ref = _as_list(model.predict(feed, verbose=0))
     path = tmp_path / "model.h5"
-    model.save(path)
-
-    got = _as_list(tkio.load_model(path, compile=False).predict(feed))
-    assert len(got) == len(ref)
+    ref, got = keras_then_ours(model, feed, path)
     for a, e in zip(got, ref):
         assert_close_rel(a, e, c.rtol)
 
@@ -358,7 +348,7 @@ def test_layer_matches_keras(flavor, c, tmp_path):
         torch_model = tkio.model_from_json(model.to_json())
         report = torch_model.load_weights(path)
         assert report.all_loaded, str(report)
-        got = _as_list(torch_model.predict(feed))
+        got = as_list(torch_model.predict(feed))
         for a, e in zip(got, ref):
             assert_close_rel(a, e, c.rtol)
 

@@ -15,7 +15,17 @@ from typing import Callable, Optional
 
 import numpy as np
 import pytest
-from conftest import BOTH, K3, ORACLE_WARNINGS, TFK, assert_close_rel, keras_module
+from conftest import (
+    BOTH,
+    K3,
+    ORACLE_WARNINGS,
+    TFK,
+    as_list,
+    assert_close_rel,
+    keras_module,
+    keras_then_ours,
+    randomize_keras_weights,
+)
 
 import torchkeras_io as tkio
 
@@ -440,21 +450,6 @@ case("cf-conv-bn-relu-pool-dense", (3, 8, 8), L("Conv2D", 4, 3, padding="same", 
 
 
 # ------------------------------------------------------------------------------------ harness
-def _randomize(model, rng: np.random.Generator) -> None:
-    values = []
-    for w, v in zip(model.weights, model.get_weights()):
-        name = w.name
-        if "variance" in name:
-            values.append(rng.uniform(0.3, 2.0, v.shape))
-        elif "gamma" in name:
-            values.append(rng.uniform(0.5, 1.5, v.shape) * rng.choice([-1, 1], v.shape))
-        elif np.issubdtype(v.dtype, np.floating):
-            values.append(rng.normal(0.0, 0.5, v.shape))
-        else:
-            values.append(v)
-    model.set_weights([np.asarray(a, dtype=v.dtype) for a, v in zip(values, model.get_weights())])
-
-
 def _inputs(c: Case, rng: np.random.Generator) -> list:
     out = []
     for i, shape in enumerate(c.data or c.shapes):
@@ -478,10 +473,6 @@ def _keras_model(K, c: Case):
     return K.Model(inputs, c.build(K, inputs))
 
 
-def _as_list(x) -> list:
-    return list(x) if isinstance(x, (list, tuple)) else [x]
-
-
 def _marks(flavor: str, c: Case) -> list:
     if flavor == "keras3" and c.keras3_xfail:
         return [pytest.mark.xfail(raises=tkio.UnsupportedLayerError, strict=True, reason=c.keras3_xfail)]
@@ -498,15 +489,11 @@ def test_layer_matches_keras(flavor, c, tmp_path):
     K = keras_module(flavor)
     rng = np.random.default_rng(zlib.crc32(c.id.encode()))
     model = _keras_model(K, c)
-    _randomize(model, rng)
+    randomize_keras_weights(model, rng)
     xs = _inputs(c, rng)
     feed = xs if len(xs) > 1 else xs[0]
-    ref = _as_list(model.predict(feed, verbose=0))
     path = tmp_path / "model.h5"
-    model.save(path)
-
-    got = _as_list(tkio.load_model(path, compile=False).predict(feed))
-    assert len(got) == len(ref)
+    ref, got = keras_then_ours(model, feed, path)
     if flavor == "keras3" and c.keras3_torch_differs:
         try:
             for a, e in zip(got, ref):
@@ -520,6 +507,6 @@ def test_layer_matches_keras(flavor, c, tmp_path):
         torch_model = tkio.model_from_json(model.to_json())
         report = torch_model.load_weights(path)
         assert report.all_loaded, str(report)
-        got = _as_list(torch_model.predict(feed))
+        got = as_list(torch_model.predict(feed))
         for a, e in zip(got, ref):
             assert_close_rel(a, e, RTOL)
