@@ -24,7 +24,6 @@ import torch
 
 from ._h5format import (
     EXTRA_GROUP,
-    HDF5_SIGNATURE,
     LayerRecord,
     WeightsReader,
     _dataset_lazy,
@@ -34,7 +33,7 @@ from ._h5format import (
 )
 from ._h5model import read_model_file_info
 from ._tensors import Lazy, bits_equal
-from ._v3format import is_v3_store
+from ._v3format import is_v3_store, sniff
 from .errors import FileFormatError, TorchKerasIOError, TorchKerasIOWarning
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_USAGE, EXIT_BAD_FILE = 0, 1, 2, 3
@@ -126,14 +125,10 @@ def _tensor_weight(name: str, shape, dtype: torch.dtype, read: Callable) -> Weig
 def detect_format(path: str) -> str:
     """The file's format from its first bytes: a key of :data:`FORMATS`."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-        size = os.path.getsize(path)
-    except IsADirectoryError as exc:
-        raise FileFormatError("is a directory, not a checkpoint file", filepath=path) from exc
+        kind = sniff(path)  # HDF5 / ZIP / JSON, as every reader of the library tells them apart
     except OSError as exc:
         raise FileFormatError(f"cannot read: {exc.strerror or exc}", filepath=path) from exc
-    if head[:8] == HDF5_SIGNATURE or (head[:4] != b"PK\x03\x04" and h5py.is_hdf5(path)):
+    if kind == "hdf5":
         try:
             with h5py.File(path, "r") as f:
                 attrs = f.attrs
@@ -147,7 +142,7 @@ def detect_format(path: str) -> str:
             raise FileFormatError(f"cannot open as HDF5 (truncated or corrupt?): {exc}", filepath=path) from exc
         raise FileFormatError("an HDF5 file, but not a Keras checkpoint (no layer_names, model_weights "
                               "or layers/ group)", filepath=path)  # fmt: skip
-    if head[:4] == b"PK\x03\x04":
+    if kind == "zip":
         try:
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
@@ -158,12 +153,14 @@ def detect_format(path: str) -> str:
         if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
             return "torch"
         raise FileFormatError("a ZIP archive that is neither a .keras model nor a torch.save file", filepath=path)
+    if kind == "json":
+        return "weights-json"  # its index is checked when read
+    with open(path, "rb") as fh:
+        head = fh.read(16)
     if len(head) >= 10:
         n = int.from_bytes(head[:8], "little")
-        if head[8:9] == b"{" and 2 <= n <= size - 8:
+        if head[8:9] == b"{" and 2 <= n <= os.path.getsize(path) - 8:
             return "safetensors"
-    if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
-        return "weights-json"  # its index is checked when read
     if head[:2] == b"\x80\x02" or head[:1] == b"\x80":
         raise FileFormatError("a pickle (legacy torch.save format?): not read, since unpickling can run code; "
                               "re-save it with torch.save in the default zip format", filepath=path)  # fmt: skip
