@@ -17,6 +17,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import math
+import re
 import warnings
 from typing import Optional
 
@@ -87,34 +89,158 @@ def _to_keras(lazy: Lazy, t: torch.Tensor) -> torch.Tensor:
     return origin[2](_to_keras(origin[1], t))
 
 
+def _chain_root(lazy: Lazy):
+    """The tensor at the root of a weight's chain of transforms, or None (computed otherwise)."""
+    origin = lazy._origin
+    while origin is not None and origin[0] == "map":
+        origin = origin[1]._origin
+    return origin[1] if origin is not None and origin[0] == "root" else None
+
+
+def _gather_index(lazy: Lazy, root: torch.Tensor) -> Optional[torch.Tensor]:
+    """Flat indices into ``root`` of the weight's elements (shaped as the weight) when its
+    transforms only move elements around (e.g. a GRU gate reorder: slices and a concatenation),
+    else None. Optimizers are element-wise, so such a weight's slots map onto the parameter's
+    state through the same indices. A random probe proves the transforms ignore the values."""
+    n = root.numel()
+    try:
+        with torch.no_grad():
+            idx = _to_keras(lazy, torch.arange(n).reshape(root.shape))
+            probe = torch.rand(tuple(root.shape), generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+            check = _to_keras(lazy, probe)
+    except Exception:  # noqa: BLE001 - a transform that cannot run on a stand-in is no gather
+        return None
+    if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int64 or tuple(idx.shape) != tuple(lazy.shape):
+        return None
+    if not isinstance(check, torch.Tensor) or not torch.equal(check, probe.reshape(-1)[idx]):
+        return None
+    return idx if idx.unique().numel() == idx.numel() else None
+
+
+def _gather_sources(lazy: Lazy) -> Optional[list]:
+    """``[(parameter, Keras flat positions, parameter flat indices)]`` for a weight computed from
+    several parameters only by moving their elements (its reader exposes ``parts`` and ``fn``, as
+    the GRU bias ``stack([b_ih, b_hh])`` does), else None."""
+    parts, fn = getattr(lazy._read, "parts", None), getattr(lazy._read, "fn", None)
+    if not parts or fn is None:
+        return None
+    roots = [_chain_root(p) for p in parts]
+    if not all(isinstance(r, nn.Parameter) for r in roots):
+        return None
+    params, offsets, total = [], {}, 0
+    for r in roots:
+        if id(r) not in offsets:
+            offsets[id(r)] = total
+            params.append(r)
+            total += r.numel()
+    gen = torch.Generator().manual_seed(total)
+    probes = {id(r): torch.rand(tuple(r.shape), generator=gen, dtype=torch.float64) for r in params}
+    try:
+        with torch.no_grad():
+            ids = fn(*[_to_keras(p, torch.arange(r.numel()).reshape(r.shape) + offsets[id(r)])
+                       for p, r in zip(parts, roots)])  # fmt: skip
+            check = fn(*[_to_keras(p, probes[id(r)]) for p, r in zip(parts, roots)])
+    except Exception:  # noqa: BLE001
+        return None
+    if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64 or tuple(ids.shape) != tuple(lazy.shape):
+        return None
+    flat = ids.reshape(-1)
+    every = torch.cat([probes[id(r)].reshape(-1) for r in params])
+    if not torch.equal(check.reshape(-1), every[flat]) or flat.unique().numel() != flat.numel():
+        return None
+    out = []
+    for r in params:
+        kpos = ((flat >= offsets[id(r)]) & (flat < offsets[id(r)] + r.numel())).nonzero().reshape(-1)
+        if kpos.numel():
+            out.append((r, kpos, flat[kpos] - offsets[id(r)]))
+    return out
+
+
 def _from_keras(parts: list, like: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`_to_keras`: ``[(Lazy, tensor in its Keras layout)]`` (the Keras weights one
     parameter is split into, usually one) written through their views into a tensor like the parameter."""
     out = torch.zeros(like.shape, dtype=parts[0][1].dtype)
     for lazy, k in parts:
         view = lazy.strided()
-        if view is None or like.stride() != out.stride():
-            raise TorchKerasIOError(f"weight '{lazy.name}' is not a plain view of its parameter")
-        out.as_strided(view.shape, view.stride, view.offset).copy_(k.reshape(view.shape))
+        if view is not None and like.stride() == out.stride():
+            out.as_strided(view.shape, view.stride, view.offset).copy_(k.reshape(view.shape))
+            continue
+        idx = _gather_index(lazy, like)
+        if idx is None:
+            raise TorchKerasIOError(f"weight '{lazy.name}' is not a rearrangement of its parameter")
+        out.view(-1)[idx.reshape(-1)] = k.reshape(-1).to(out.dtype)
     return out
 
 
+def _params_of(v) -> list:
+    """The parameters a Keras variable's elements come from."""
+    if v.param is not None:
+        return [v.param]
+    return [p for p, _, _ in v.sources or ()]
+
+
 def param_parts(kvars: list) -> dict:
-    """``{parameter: [KVar]}`` in first-appearance order (a parameter may be several Keras weights)."""
+    """``{parameter: [KVar]}`` in first-appearance order (a parameter may be several Keras weights,
+    and a Keras weight several parameters)."""
     out: dict = {}
     for v in kvars:
-        if v.param is not None:
-            out.setdefault(v.param, []).append(v)
+        for p in _params_of(v):
+            out.setdefault(p, []).append(v)
+    return out
+
+
+def _param_key(param, parts: list) -> str:
+    """The record's name for a parameter: its (first) Keras variable's, with ``#i`` for the i-th of
+    several parameters one Keras variable is made of."""
+    v = parts[0]
+    if v.param is not None:
+        return v.key
+    return f"{v.key}#{[id(p) for p in _params_of(v)].index(id(param))}"
+
+
+def _keras_of(v, of_param) -> torch.Tensor:
+    """A per-parameter tensor (``of_param(parameter)``, shaped as the parameter) in ``v``'s Keras layout."""
+    if v.param is not None:
+        return _to_keras(v.lazy, of_param(v.param))
+    out = None
+    for p, kpos, pidx in v.sources:
+        t = of_param(p)
+        if out is None:
+            out = torch.zeros(math.prod(v.lazy.shape), dtype=t.dtype)
+        out[kpos] = t.reshape(-1)[pidx]
+    return out.reshape(v.lazy.shape)
+
+
+def _param_of_keras(param, parts: list, keras_of) -> torch.Tensor:
+    """Inverse of :func:`_keras_of` for one parameter: ``keras_of(v)`` (each of its Keras variables'
+    tensors, in Keras layout) written into a tensor shaped as the parameter."""
+    like = param.detach().cpu()
+    single = [(v.lazy, keras_of(v)) for v in parts if v.param is not None]
+    out = _from_keras(single, like) if single else None
+    for v in parts:
+        if v.param is None:
+            k = keras_of(v).reshape(-1)
+            if out is None:
+                out = torch.zeros(like.shape, dtype=k.dtype)
+            for p, kpos, pidx in v.sources:
+                if p is param:
+                    out.view(-1)[pidx] = k[kpos].to(out.dtype)
     return out
 
 
 @dataclasses.dataclass
 class KVar:
-    """One Keras trainable variable: its name (``layer/weight``), lazy view, and torch parameter."""
+    """One Keras trainable variable: its name (``layer/weight``), lazy view, and torch parameter.
+
+    ``param`` is the parameter whose elements the weight is (a view or a rearrangement of it),
+    ``sources`` ``[(parameter, Keras flat positions, parameter flat indices)]`` when it is made of
+    several parameters, and ``stored`` the weight's name in the file being read."""
 
     key: str
     lazy: Lazy
     param: Optional[nn.Parameter]
+    sources: Optional[list] = None
+    stored: Optional[str] = None
 
 
 def keras_variables(layers, frozen_too: bool = True) -> list:
@@ -125,17 +251,18 @@ def keras_variables(layers, frozen_too: bool = True) -> list:
     out = []
     for name, weights in layers:
         for lazy in weights:
-            root = _root(lazy)
-            origin = lazy._origin
-            while origin is not None and origin[0] == "map":
-                origin = origin[1]._origin
-            raw = origin[1] if origin is not None and origin[0] == "root" else None
+            raw = _chain_root(lazy)
             if isinstance(raw, nn.Parameter) and (frozen_too or raw.requires_grad):
-                out.append(KVar(f"{name}/{lazy.name}", lazy, root if isinstance(root, nn.Parameter) else None))
-            elif origin is None and not lazy.name.endswith(("moving_mean", "moving_variance")):
-                # computed from several parameters (e.g. a recurrent bias b_ih + b_hh): a Keras
-                # variable whose optimizer state has no torch counterpart
-                out.append(KVar(f"{name}/{lazy.name}", lazy, None))
+                root = _root(lazy)
+                mapped = root is raw or _gather_index(lazy, raw) is not None
+                out.append(KVar(f"{name}/{lazy.name}", lazy, raw if mapped else None))
+            elif lazy._origin is None and not lazy.name.endswith(("moving_mean", "moving_variance")):
+                sources = _gather_sources(lazy)
+                if sources and not frozen_too and not any(p.requires_grad for p, _, _ in sources):
+                    continue
+                # else computed from several parameters (e.g. a recurrent bias b_ih + b_hh): a
+                # Keras variable whose optimizer state has no torch counterpart
+                out.append(KVar(f"{name}/{lazy.name}", lazy, None, sources))
     return out
 
 
@@ -362,7 +489,7 @@ def _save_state(f: h5py.File, kvars: list, optimizer, name: str, kname: str, cfg
         notes.append(f"{len(missing)} optimizer parameter(s) are not plain views of a Keras weight (or not in the "
                      "model): their state is not saved")  # fmt: skip
     state = optimizer.state
-    steps = [_float(state[v.param]["step"]) for v in kvars if v.param is not None and "step" in state.get(v.param, {})]
+    steps = [_float(state[p]["step"]) for p in param_parts(kvars) if "step" in state.get(p, {})]
     if scheduler is not None and not steps:
         steps.append(int(scheduler.last_epoch))
     iteration = int(round(max(steps))) if steps else 0
@@ -375,14 +502,18 @@ def _save_state(f: h5py.File, kvars: list, optimizer, name: str, kname: str, cfg
     names, tensors = ["iteration:0"], [torch.tensor(iteration, dtype=torch.int64)]
     per_var = []
     for v in kvars:
-        gi = group_of.get(id(v.param)) if v.param is not None else None
-        g = groups[gi] if gi is not None else groups[0]
-        st = state.get(v.param, {}) if gi is not None else {}
-        like = torch.zeros(v.lazy.shape) if v.param is None else torch.zeros(v.param.shape, dtype=v.param.dtype)
-        slots = _keras_slots(name, g, st, like)
-        per_var.append(
-            {k: (_to_keras(v.lazy, s) if v.param is not None else s).to(v.lazy.dtype) for k, s in slots.items()}
-        )
+        by_p = {}
+        for p in _params_of(v) or [None]:
+            gi = group_of.get(id(p)) if p is not None else None
+            g = groups[gi] if gi is not None else groups[0]
+            st = state.get(p, {}) if gi is not None else {}
+            like = torch.zeros(v.lazy.shape) if p is None else torch.zeros(p.shape, dtype=p.dtype)
+            by_p[id(p)] = _keras_slots(name, g, st, like)
+        if v.param is None and not v.sources:
+            slots = by_p[id(None)]
+        else:
+            slots = {k: _keras_of(v, lambda p, k=k: by_p[id(p)][k]) for k in next(iter(by_p.values()))}
+        per_var.append({k: s.to(v.lazy.dtype) for k, s in slots.items()})
     for block in _new_layout(kname, cfg):
         for i, v in enumerate(kvars):
             for slot in block:
@@ -393,26 +524,29 @@ def _save_state(f: h5py.File, kvars: list, optimizer, name: str, kname: str, cfg
         _write_tensor(og, n, t)
     # ---- torch-side record
     tg = f.create_group(TORCH_GROUP)
-    keys = [[by_param[id(p)][0].key if id(p) in by_param else None for p in g["params"]] for g in groups]
+    keys = [[_param_key(p, by_param[id(p)]) if id(p) in by_param else None for p in g["params"]] for g in groups]
     rec_state = {}
     for param, parts in param_parts(kvars).items():
         if param not in state:
             continue
-        entry = {}
+        entry, pkey = {}, _param_key(param, parts)
         for k, val in state[param].items():
             if isinstance(val, torch.Tensor):
                 keras_layout = val.dim() > 0 and tuple(val.shape) == tuple(param.shape)
-                if keras_layout:  # one dataset per Keras weight the parameter is split into
+                # one dataset per Keras weight the parameter is split into; a parameter that is
+                # part of a larger Keras weight (a GRU b_ih) keeps its own layout
+                keras_layout = keras_layout and all(v.param is not None for v in parts)
+                if keras_layout:
                     paths = [f"state/{v.key}/{k}" for v in parts]
                     for v, path in zip(parts, paths):
                         _write_tensor(tg, path, _to_keras(v.lazy, val.detach()))
                 else:
-                    paths = [f"state/{parts[0].key}/{k}"]
+                    paths = [f"state/{pkey}/{k}"]
                     _write_tensor(tg, paths[0], val.detach())
                 entry[k] = {"datasets": paths, "keras_layout": keras_layout}
             else:
                 entry[k] = {"value": _jsonable(val)}
-        rec_state[parts[0].key] = entry
+        rec_state[pkey] = entry
     record = {"class_name": name, "param_groups": [dict(_jsonable(h), params=k) for h, k in zip(hyper, keys)],
               "state": rec_state}  # fmt: skip
     if scheduler is not None:
@@ -484,7 +618,7 @@ def _others(module: Optional[nn.Module], kvars: list) -> list:
     """Trainable parameters of ``module`` that are no plain view of a Keras weight (e.g. b_ih, b_hh)."""
     if module is None:
         return []
-    used = {id(v.param) for v in kvars if v.param is not None}
+    used = {id(p) for p in param_parts(kvars)}
     return [p for p in module.parameters() if p.requires_grad and id(p) not in used]
 
 
@@ -507,21 +641,26 @@ def _restore_torch_record_unchecked(tg: h5py.Group, filepath: str, kvars: list, 
     except (KeyError, ValueError, TypeError) as exc:
         raise FileFormatError(f"unreadable torch optimizer record: {exc}", filepath=filepath) from exc
     parts_of = param_parts(kvars)
-    by_key = {v.key: v for v in kvars if v.param is not None}
+    by_key = {_param_key(p, parts): p for p, parts in parts_of.items()}
     groups, flat, dropped = [], [], 0
+    # trainable parameters the record does not name: they take the places of the record's unnamed
+    # ones once ``others`` run out (a torch LSTM's b_ih / b_hh pair is one Keras-built b_ih)
+    named = {k for g in record["param_groups"] for k in g["params"] if k is not None}
+    spare = [p for p, parts in parts_of.items() if p.requires_grad and _param_key(p, parts) not in named]
     for g in record["param_groups"]:
         params = []
         for key in g["params"]:
             if key is None:  # a parameter that was not a plain view of a Keras weight: the next such one
                 dropped += 1
-                if others:
-                    params.append(others.pop(0))
+                pool = others if others else spare
+                if pool:
+                    params.append(pool.pop(0))
                     flat.append(None)
                 continue
             if key not in by_key:
                 raise TorchKerasIOError(f"the optimizer record names parameter '{key}', which the model lacks",
                                         filepath=filepath)  # fmt: skip
-            params.append(by_key[key].param)
+            params.append(by_key[key])
             flat.append(key)
         groups.append(params)
     opt = cls([{"params": ps} for ps in groups], lr=record["param_groups"][0]["lr"])
@@ -547,8 +686,8 @@ def _restore_torch_record_unchecked(tg: h5py.Group, filepath: str, kvars: list, 
         entry = record["state"].get(key) if key is not None else None
         if entry is None:
             continue
-        v = by_key[key]
-        parts = parts_of[v.param]
+        param = by_key[key]
+        parts = parts_of[param]
         st = {}
         for k, item in entry.items():
             if "value" in item:
@@ -560,13 +699,13 @@ def _restore_torch_record_unchecked(tg: h5py.Group, filepath: str, kvars: list, 
                 if len(paths) != len(parts):
                     raise FileFormatError(f"state '{k}' of '{key}' has {len(paths)} parts, the model "
                                           f"{len(parts)}", filepath=filepath)  # fmt: skip
-                t = _from_keras([(p.lazy, x) for p, x in zip(parts, tensors)], v.param.detach().cpu())
+                t = _from_keras([(p.lazy, x) for p, x in zip(parts, tensors)], param.detach().cpu())
             else:
                 t = tensors[0]
-                if t.dim() and tuple(t.shape) != tuple(v.param.shape):
+                if t.dim() and tuple(t.shape) != tuple(param.shape):
                     raise FileFormatError(f"state '{k}' of '{key}' has shape {tuple(t.shape)}, the parameter "
-                                          f"{tuple(v.param.shape)}", filepath=filepath)  # fmt: skip
-            st[k] = t.to(v.param.device) if k != "step" else t
+                                          f"{tuple(param.shape)}", filepath=filepath)  # fmt: skip
+            st[k] = t.to(param.device) if k != "step" else t
         sd_state[idx] = st
     opt.load_state_dict({"state": sd_state, "param_groups": sd_groups})
     if dropped:
@@ -692,18 +831,83 @@ def _restore_keras(f: h5py.File, filepath: str, oc: dict, kvars: list, others: l
     n = len(kvars)
     if names:
         slots, iteration = _split_slots(kname if kname != "AdamW" else "Adam", cfg, gen, names, values, n, notes)
+        if slots is not None and gen == "k2":
+            slots = _keras2_order(kvars, slots, keras_version, bool(kw.get("amsgrad")), notes)
         if slots is not None and iteration is None and kname in ("RMSprop", "Adagrad", "Adadelta"):
             iteration = 0  # their updates do not use the step: the accumulators carry over as they are
             slots_ok = True
         else:
             slots_ok = slots is not None and bool(iteration)
+            if slots is not None and not slots_ok:
+                notes.append(f"iteration count {iteration}: optimizer state not restored, it restarts from zero")
         if slots_ok:
-            if any(v.param is None for v in kvars):
+            if any(v.param is None and not v.sources for v in kvars):
                 notes.append("some Keras variables map to no single torch parameter; their state is dropped")
             _set_state(opt, tname, kw, kvars, slots, iteration, notes)
     for note in notes:
         _warn(f"{filepath}: Keras {kname} -> torch {tname}: {note}", stacklevel=7)  # the load_model caller
     return opt
+
+
+def _sorts_by_name(keras_version: Optional[str]) -> bool:
+    """Keras 1.x and 2.0.0-2.0.5 handed the optimizer the model's trainable weights sorted by
+    their names (``training.py`` ``compile``: "sort them deterministically"); 2.0.6 and later in
+    topological (layer) order, each layer's own weights in its order."""
+    m = re.match(r"\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?", keras_version or "1")
+    if m is None:
+        return False
+    version = tuple(int(x or 0) for x in m.groups())
+    return version < (2, 0, 6)
+
+
+def _keras2_order(kvars: list, per_var: list, keras_version: Optional[str], amsgrad: bool, notes: list):
+    """Slots of a Keras <= 2.3 file (``per_var``: one dict per variable in the order Keras built
+    them) reordered to ``kvars`` (layer order), following the rule of the file's Keras version.
+
+    When the version's order contradicts the slot shapes the other known order is used if it fits
+    them; when neither does, shapes decide if every variable's shape is distinct; else None (the
+    state is not restored). Same-shaped slots are only ever assigned by an order rule."""
+    n = len(kvars)
+    used = [k for k in (per_var[0] if per_var else {}) if k != "vhat" or amsgrad]  # vhat: (1,) placeholders
+
+    def fits(assigned) -> bool:
+        return all(tuple(a[k].shape) == tuple(v.lazy.shape) for a, v in zip(assigned, kvars) for k in used)
+
+    def assign(order) -> list:
+        out = [None] * n
+        for pos, i in enumerate(order):
+            out[i] = per_var[pos]
+        return out
+
+    layers = list(range(n))
+    stored = [v.stored for v in kvars]
+    by_name = sorted(layers, key=lambda i: stored[i]) if all(s is not None for s in stored) else None
+    rule = "sorted by weight name" if _sorts_by_name(keras_version) else "layer order"
+    candidates = [("sorted by weight name", by_name), ("layer order", layers)]
+    if rule == "layer order":
+        candidates.reverse()
+    for label, order in candidates:
+        if order is None:
+            continue
+        assigned = assign(order)
+        if fits(assigned):
+            if label != rule:
+                notes.append(f"the optimizer slots are in {label}, not in the {rule} of Keras {keras_version}: "
+                             f"assigned in {label}, which their shapes fit")  # fmt: skip
+            return assigned
+    shapes = [tuple(v.lazy.shape) for v in kvars]
+    if used and len(set(shapes)) == n:
+        where = {shape: i for i, shape in enumerate(shapes)}
+        order = [where.get(tuple(slot[used[0]].shape)) for slot in per_var]
+        if None not in order and len(set(order)) == n:
+            assigned = assign(order)
+            if fits(assigned):
+                notes.append(f"the optimizer slots follow no known Keras {keras_version} order: assigned by their "
+                             "shapes, which are all distinct")  # fmt: skip
+                return assigned
+    notes.append(f"the optimizer slots fit neither the {rule} of Keras {keras_version} nor any other known order "
+                 "of the model's trainable weights: optimizer state not restored, it restarts from zero")  # fmt: skip
+    return None
 
 
 def lr_name(cfg: dict) -> str:
@@ -766,17 +970,16 @@ def _set_state(opt, tname, kw, kvars, slots, iteration, notes):
     state = {}
     index = {id(v): i for i, v in enumerate(kvars)}
     for idx, (param, parts) in enumerate(param_parts(kvars).items()):
-        like = param.detach().cpu()
 
-        def get(s, parts=parts, like=like, param=param):
-            pieces = []
-            for v in parts:
-                t = slots[index[id(v)]][s]
-                if tuple(t.shape) != tuple(v.lazy.shape):
-                    raise FileFormatError(f"optimizer slot '{s}' of '{v.key}' has shape {tuple(t.shape)}, the "
-                                          f"weight {v.lazy.shape}")  # fmt: skip
-                pieces.append((v.lazy, t.to(like.dtype)))
-            return _from_keras(pieces, like).to(param.device)
+        def slot(v, s):
+            t = slots[index[id(v)]][s]
+            if tuple(t.shape) != tuple(v.lazy.shape):
+                raise FileFormatError(f"optimizer slot '{s}' of '{v.key}' has shape {tuple(t.shape)}, the "
+                                      f"weight {v.lazy.shape}")  # fmt: skip
+            return t.to(param.dtype)
+
+        def get(s, parts=parts, param=param):
+            return _param_of_keras(param, parts, lambda v: slot(v, s)).to(param.device)
 
         step = torch.tensor(float(iteration), dtype=torch.float32)
         if tname == "SGD":
@@ -818,12 +1021,22 @@ def restore_for_model(module: nn.Module, filepath: str, training_config: Optiona
     from ._plan import plan
 
     slots, top = plan(module, layer_names)
+    stored = {}  # id(Lazy) -> the weight's name in the file (Keras <= 2.0.5 sorted the optimizer's by it)
     with _h5_errors(filepath), WeightsReader(filepath) as reader:
         order = {name: i for i, name in enumerate(reader.layer_names)}
+        for s in slots:
+            if s.name in order:
+                found = reader.layer(s.name).weights
+                # the file's weights pair with the layer's by position (as load_weights reads them)
+                # unless a layout changed on the way (Keras 1 per-gate or Theano kernels): then none
+                if [tuple(w.shape) for w in found] == [tuple(w.shape) for w in s.layer.weights]:
+                    stored.update((id(w), x.name) for w, x in zip(s.layer.weights, found))
     slots = sorted(slots, key=lambda s: order.get(s.name, len(order)))
     layers = [(s.name, s.layer.weights) for s in slots]
     if top is not None:
         layers.append((top.name, top.layer.weights))
     with _h5_errors(filepath), h5py.File(filepath, "r") as f:
         kvars = keras_variables(layers, frozen_too=TORCH_GROUP in f)
+        for v in kvars:
+            v.stored = stored.get(id(v.lazy))
         return restore_training(f, filepath, training_config, kvars, device, keras_version, module)

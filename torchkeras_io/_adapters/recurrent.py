@@ -55,8 +55,20 @@ def _expected_names(module) -> set:
         for sfx in ("", "_reverse")[: 2 if module.bidirectional else 1]:
             names |= {f"weight_ih_l{k}{sfx}", f"weight_hh_l{k}{sfx}"}
             if module.bias:
-                names |= {f"bias_ih_l{k}{sfx}", f"bias_hh_l{k}{sfx}"}
+                names |= {f"bias_ih_l{k}{sfx}"} | (set() if _one_bias(module) else {f"bias_hh_l{k}{sfx}"})
     return names
+
+
+class _Stacked:
+    """Reader of a Keras weight that only moves the elements of several torch tensors around
+    (``fn(*parts)``, e.g. the GRU bias ``stack([b_ih, b_hh])``): ``parts`` and ``fn`` let the
+    optimizer-state mapping find which parameter element each Keras element is."""
+
+    def __init__(self, parts: list, fn) -> None:
+        self.parts, self.fn = parts, fn
+
+    def __call__(self) -> torch.Tensor:
+        return self.fn(*[p.read() for p in self.parts])
 
 
 def _cudnn_kernel(k: torch.Tensor, gates: int) -> torch.Tensor:
@@ -92,7 +104,9 @@ class RecurrentAdapter(Adapter):
             Lazy.of(cell + "recurrent_kernel", w_hh, lambda w: reorder(w).t()),
         ]
         extras = []
-        if module.bias:
+        if module.bias and _one_bias(module):  # b_hh is a zero buffer: the Keras bias is b_ih
+            weights.append(Lazy.of(cell + "bias", getattr(module, f"bias_ih_l{k}{sfx}"), reorder))
+        elif module.bias:
             b_ih = Lazy.of(f"bias_ih_l{k}{sfx}", getattr(module, f"bias_ih_l{k}{sfx}"))
             b_hh = Lazy.of(f"bias_hh_l{k}{sfx}", getattr(module, f"bias_hh_l{k}{sfx}"))
             n = b_ih.shape[0]
@@ -100,9 +114,8 @@ class RecurrentAdapter(Adapter):
                 bias = combine(cell + "bias", (n,), b_ih.dtype, [b_ih, b_hh], lambda a, b: reorder(a + b))
                 extras = [b_ih, b_hh]
             elif gates == 3:
-                bias = combine(
-                    cell + "bias", (2, n), b_ih.dtype, [b_ih, b_hh], lambda a, b: torch.stack([reorder(a), reorder(b)])
-                )
+                bias = Lazy(cell + "bias", (2, n), b_ih.dtype,
+                            _Stacked([b_ih, b_hh], lambda a, b: torch.stack([reorder(a), reorder(b)])))  # fmt: skip
             else:
                 bias = combine(cell + "bias", (n,), b_ih.dtype, [b_ih, b_hh], lambda a, b: a + b)
                 extras = [b_ih, b_hh]
@@ -185,7 +198,9 @@ class RecurrentAdapter(Adapter):
             if not module.bias:
                 continue
             n_ih, n_hh = f"bias_ih_l{index}{sfx}", f"bias_hh_l{index}{sfx}"
-            if gates == 3 and not _resets_after(module):  # Keras bias (3u,): b_ih, with b_hh = 0
+            if _one_bias(module):  # the whole Keras bias in b_ih; b_hh stays the zero buffer
+                out[n_ih] = w[2].map(reorder)
+            elif gates == 3 and not _resets_after(module):  # Keras bias (3u,): b_ih, with b_hh = 0
                 out[n_ih], out[n_hh] = _split_bias(w[2].map(reorder), extras.get(n_ih), extras.get(n_hh))
             elif gates == 3:
                 out[n_ih] = w[2].map(lambda b: reorder(b[0]))
@@ -374,6 +389,29 @@ class KerasSimpleRNN(nn.RNN):
 
 def _is_plain(rnn) -> bool:
     return type(rnn) in (nn.LSTM, nn.GRU, nn.RNN)
+
+
+def _one_bias(rnn) -> bool:
+    """True for a module made by :func:`keras_bias`: ``bias_hh_l*`` are zero buffers, not parameters."""
+    return bool(getattr(rnn, "bias", False)) and "bias_hh_l0" in rnn._buffers
+
+
+def keras_bias(rnn: nn.Module) -> nn.Module:
+    """Give a recurrent module Keras's one bias per gate: Keras's LSTM, SimpleRNN and
+    GRU(reset_after=False) have a single bias where torch adds ``b_ih + b_hh``.
+
+    ``bias_hh_l*`` become zero buffers (non-persistent: ``state_dict`` holds exactly Keras's
+    variables) and ``b_ih`` is the Keras bias, so the module's trainable parameters are Keras's
+    variables one to one and an optimizer updates them as Keras does (two trainable biases would
+    each take the full step). torch's kernels still run: they read the buffers like parameters.
+    GRU(reset_after=True) keeps both biases: Keras has both too (its (2, 3u) bias)."""
+    if not rnn.bias or _one_bias(rnn):
+        return rnn
+    for name in [n for n in rnn._parameters if n.startswith("bias_hh_l")]:
+        value = rnn._parameters.pop(name).detach()
+        rnn.register_buffer(name, torch.zeros_like(value), persistent=False)
+    rnn._init_flat_weights()  # torch's kernels take the tensors from this list
+    return rnn
 
 
 def _gather_time(t, index):
@@ -586,14 +624,17 @@ def _rnn_module(layer, class_name: str, cfg: dict, input_size: int, ctx, bidirec
     common = dict(bias=bias, batch_first=True, bidirectional=bidirectional)
     if kind == "rnn":
         if type(act) in (nn.Tanh, nn.ReLU):
-            return nn.RNN(input_size, units, nonlinearity="relu" if type(act) is nn.ReLU else "tanh", **common)
-        return KerasSimpleRNN(input_size, units, activation=act, **common)
+            return keras_bias(nn.RNN(input_size, units, nonlinearity="relu" if type(act) is nn.ReLU else "tanh",
+                                     **common))  # fmt: skip
+        return keras_bias(KerasSimpleRNN(input_size, units, activation=act, **common))
     exact = type(act) is nn.Tanh and type(ract) is nn.Sigmoid and (kind == "lstm" or reset_after)
-    if exact:
-        return plain(input_size, units, **common)
+    if exact:  # CuDNNLSTM trains two biases, as torch does (its (8u,) bias)
+        two = kind == "gru" or class_name.startswith("CuDNN")
+        return plain(input_size, units, **common) if two else keras_bias(plain(input_size, units, **common))
     if kind == "gru":
-        return KerasGRU(input_size, units, activation=act, recurrent_activation=ract, reset_after=reset_after, **common)
-    return KerasLSTM(input_size, units, activation=act, recurrent_activation=ract, **common)
+        gru = KerasGRU(input_size, units, activation=act, recurrent_activation=ract, reset_after=reset_after, **common)
+        return gru if reset_after else keras_bias(gru)
+    return keras_bias(KerasLSTM(input_size, units, activation=act, recurrent_activation=ract, **common))
 
 
 @builds(*_RNN_CLASSES)
