@@ -19,6 +19,7 @@ from ._adapters.registry import BuildContext
 from ._h5model import read_model_file_info
 from ._keras.config import parse_model_config
 from ._keras.graph import KerasGraph, build_graph
+from ._placement import module_device, module_float_dtype
 from ._v3format import sniff
 from ._v3io import load_keras_model
 from .errors import FileFormatError, TorchKerasIOError, WeightMismatchError
@@ -218,9 +219,7 @@ def _summary_rows(module: nn.Module, input_shape) -> list:
 
 def _hook_shapes(module: nn.Module, names: list, input_shape) -> dict:
     shapes_in = input_shape if isinstance(input_shape, list) else [input_shape]
-    param = next(iter(module.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.get_default_dtype()
+    device, dtype = module_device(module), module_float_dtype(module)
     shapes, handles = {}, []
     wanted = set(names)
 
@@ -438,10 +437,7 @@ class Model(nn.Module):
         return values if self.metrics else values[0]
 
     def _float_dtype(self) -> torch.dtype:
-        for t in self.module.parameters():
-            if t.is_floating_point():
-                return t.dtype
-        return torch.get_default_dtype()
+        return module_float_dtype(self.module)
 
     # ------------------------------------------------------------------------------ summary
     def summary(self, input_shape=None, line_length: int = 90) -> None:
@@ -478,27 +474,30 @@ class Model(nn.Module):
         return self.module.keras_layer_names() if isinstance(self.module, KerasGraph) else None
 
     def _device(self) -> torch.device:
-        for t in self.module.parameters():
-            return t.device
-        return torch.device("cpu")
+        return module_device(self.module)
 
     @torch.no_grad()
     def predict(self, x, batch_size: int = 32):
-        """Outputs as numpy arrays, computed in batches in eval mode (several inputs: a list)."""
+        """Outputs as numpy arrays, computed in batches in eval mode (several inputs: a list).
+
+        Inputs go where the module's parameters and buffers are, floating-point ones in their
+        dtype (as :meth:`fit` feeds them). On the ``meta`` device there are no values to return:
+        the outputs are meta tensors (shapes and dtypes only)."""
         inputs = list(x) if isinstance(x, (list, tuple)) else [x]
         inputs = [torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v) for v in inputs]
         n = inputs[0].shape[0]
         was_training = self.module.training
         self.module.eval()
-        device = self._device()
+        device, dtype = self._device(), self._float_dtype()
         chunks = []
         try:
             for start in range(0, n, batch_size):
-                out = self(*[v[start : start + batch_size].to(device) for v in inputs])
+                out = self(*[_to(v[start : start + batch_size], device, dtype) for v in inputs])
                 chunks.append(out if isinstance(out, tuple) else (out,))
         finally:
             self.module.train(was_training)
-        outs = [torch.cat([c[i] for c in chunks]).cpu().numpy() for i in range(len(chunks[0]))] if chunks else []
+        outs = [torch.cat([c[i] for c in chunks]) for i in range(len(chunks[0]))] if chunks else []
+        outs = [o if o.device.type == "meta" else o.cpu().numpy() for o in outs]
         return outs[0] if len(outs) == 1 else outs
 
     def save_weights(self, filepath, overwrite: bool = True) -> None:

@@ -237,9 +237,17 @@ class GlobalPool(nn.Module):
 
 
 class Rescaling(nn.Module):
-    def __init__(self, scale: float, offset: float):
+    """Keras ``Rescaling``: ``x * scale + offset``. Array ``scale`` / ``offset`` (per channel, as
+    Keras 3 allows) broadcast against the input in Keras's layout and are kept as non-persistent
+    buffers (config constants: they follow ``.to()`` / ``.double()``, the file holds no weights)."""
+
+    def __init__(self, scale, offset):
         super().__init__()
-        self.scale, self.offset = float(scale), float(offset)
+        if isinstance(scale, (int, float)) and isinstance(offset, (int, float)):
+            self.scale, self.offset = float(scale), float(offset)
+            return
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float64).float(), persistent=False)
+        self.register_buffer("offset", torch.as_tensor(offset, dtype=torch.float64).float(), persistent=False)
 
     def forward(self, x, **kwargs):
         return x * self.scale + self.offset

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..modules import Flatten, Identity, Masking, Permute, RepeatVector, Rescaling, Reshape
-from .registry import Built, builds, exports, unsupported
+from .registry import Built, builds, exports
 
 
 @builds("Dropout")
@@ -67,8 +67,8 @@ def _repeat(layer, in_shapes, ctx):
 @builds("Rescaling")
 def _rescaling(layer, in_shapes, ctx):
     scale, offset = layer.config.get("scale", 1.0), layer.config.get("offset", 0.0)
-    if isinstance(scale, list) or isinstance(offset, list):
-        raise unsupported(layer, "per-channel scale/offset")
+    if isinstance(scale, list) or isinstance(offset, list):  # per channel: broadcast in Keras's layout
+        return Built(Rescaling(scale, offset), "cl")
     return Built(Rescaling(float(scale), float(offset)), "any")
 
 

@@ -19,6 +19,7 @@ from typing import Any, Optional, Union
 from ..errors import FileFormatError
 
 MAX_DEPTH = 64  # nested models / wrappers; deeper configs are refused, not recursed into
+MAX_VALUE_DEPTH = 512  # objects and lists inside one layer config (a wrapped model adds a few per level)
 
 MODEL_CLASSES = {"Sequential", "Functional", "Model"}
 
@@ -183,11 +184,20 @@ def _dtype_name(dtype: Any) -> Optional[str]:
     raise _fail(f"unreadable dtype {dtype!r}")
 
 
+def _known_registered(class_name: str) -> bool:
+    """A "Package>Name" that a builder handles by that exact name (see _adapters/applications.py)."""
+    from .._adapters.registry import BUILDERS
+
+    return ">" in class_name and class_name in BUILDERS
+
+
 def _strip_envelope(entry: dict) -> tuple[str, dict]:
     class_name = entry.get("class_name")
     if not isinstance(class_name, str):
         raise _fail(f"layer entry without a class name: {str(entry)[:200]}")
-    if not class_name.isidentifier():  # Keras class names are plain names, never import paths
+    # Keras class names are plain names, never import paths; tf-keras writes a class registered
+    # with register_keras_serializable as "Package>Name" (InceptionResNetV2's "Custom>CustomScaleLayer")
+    if not class_name.isidentifier() and not _known_registered(class_name):
         raise _fail(f"class name {class_name[:200]!r} is not a Keras class name")
     cfg = entry.get("config", {})
     if cfg is None:
@@ -211,12 +221,49 @@ def generation_of(keras_version: Optional[str], cfg: dict) -> int:
     return 2
 
 
+# ------------------------------------------------------------------------------------ numbers
+def _numpy_value(x: dict) -> tuple[bool, Any]:
+    """(True, value) when ``x`` is a numpy array or tensor as some Keras serialised it.
+
+    Keras 2.1-2.2 and tf.keras 1.x: ``{"type": "ndarray", "value": v}`` (their JSON encoder
+    turned an ndarray into ``{"type": type(obj), ...}`` and the class itself into its name; a
+    0-d array gives a scalar ``v``). Keras 3 and tf-keras's new serialisation:
+    ``{"class_name": "__numpy__" | "__tensor__", "config": {"value": v, "dtype": ...}}``.
+    """
+    if x.keys() == {"type", "value"} and x["type"] == "ndarray":
+        return True, x["value"]
+    if x.get("class_name") in ("__numpy__", "__tensor__") and isinstance(x.get("config"), dict):
+        if "value" in x["config"] and x.keys() <= {"class_name", "config", "module", "registered_name"}:
+            return True, x["config"]["value"]
+    return False, None
+
+
+def plain_numbers(x: Any, depth: int = 0) -> Any:
+    """``x`` with every numpy encoding (:func:`_numpy_value`) replaced by plain numbers / lists."""
+    if depth > MAX_VALUE_DEPTH:
+        raise _fail("config values nested too deeply")
+    if isinstance(x, dict):
+        found, value = _numpy_value(x)
+        if found:
+            return plain_numbers(value, depth + 1)
+        return {k: plain_numbers(v, depth + 1) for k, v in x.items()}
+    if isinstance(x, list):
+        return [plain_numbers(v, depth + 1) for v in x]
+    return x
+
+
+def _is_nan(x: Any) -> bool:
+    return isinstance(x, float) and x != x
+
+
 # ------------------------------------------------------------------------------------ layers
 def _layer_config(class_name: str, cfg: dict, generation: int, depth: int) -> tuple[str, dict]:
+    # numbers first, so that every builder reads plain Python numbers whatever wrote the file
+    cfg = plain_numbers(cfg)
+    if _is_nan(cfg.get("max_value")):  # Keras 2.2 / tf.keras 1.x stored max_value=None as float32(NaN)
+        cfg["max_value"] = None
     if generation == 1:
         class_name, cfg = _keras1_layer(class_name, cfg)
-    else:
-        cfg = dict(cfg)
     if "dtype" in cfg:
         cfg["dtype"] = _dtype_name(cfg["dtype"])
     if "batch_shape" in cfg and "batch_input_shape" not in cfg:
@@ -242,6 +289,9 @@ def _parse_value(x: Any, layer_names: set, depth: int = 0) -> Any:
     if depth > MAX_DEPTH:
         raise _fail("call arguments nested too deeply")
     if isinstance(x, dict):
+        found, value = _numpy_value(x)
+        if found:
+            return plain_numbers(value, depth + 1)
         if x.get("class_name") == "__keras_tensor__":
             hist = _as_dict(x.get("config"), "__keras_tensor__").get("keras_history")
             if not (isinstance(hist, list) and len(hist) == 3 and isinstance(hist[0], str)):
@@ -276,7 +326,7 @@ def _parse_calls(inbound: Any, layer_names: set, generation: int) -> list:
             if not (isinstance(entry, list) and len(entry) >= 3 and isinstance(entry[0], str)):
                 raise _fail(f"bad inbound tensor reference {str(entry)[:100]}")
             if entry[0] == "_CONSTANT_VALUE":
-                tensors.append(entry[2])
+                tensors.append(plain_numbers(entry[2]))
             else:
                 tensors.append(Ref(entry[0], _index(entry[1]), _index(entry[2])))
             if len(entry) > 3 and entry[3]:
@@ -423,9 +473,37 @@ def _walk_refs(x: Any):
             yield from _walk_refs(v)
 
 
+def _renumber_keras3_outputs(model: ModelDef) -> None:
+    """Keras 3 counts a nested Functional model's calls from 1 in ``input_layers`` / ``output_layers``
+    only (``Functional.get_config``: "Functional models start with a pre-existing node"), while
+    the ``keras_history`` of call arguments counts them from 0 (``serialize_node`` drops the
+    nodes outside the model). Loading, ``functional_from_config`` subtracts 1 and indexes the
+    calls with it, so a 0 written there (as some writers did) means the last call. Nested
+    Sequential models are not Functional in Keras 3: their calls count from 0 everywhere.
+    """
+    calls = {layer.name: len(layer.calls) for layer in model.layers
+             if layer.model is not None and layer.model.kind == "Functional"}  # fmt: skip
+
+    def fix(ref: Any) -> Any:
+        if not isinstance(ref, Ref) or ref.layer not in calls:
+            return ref
+        node = ref.node - 1
+        return Ref(ref.layer, node if node >= 0 else calls[ref.layer] + node, ref.tensor)
+
+    model.inputs = [fix(r) for r in model.inputs]
+    model.outputs = [fix(r) for r in model.outputs]
+
+
 def _renumber_nested_nodes(model: ModelDef) -> None:
-    """Keras 1/2 count a nested model's calls from 1 (its own first node is skipped, not dropped)."""
+    """Keras 1/2 count a nested model's calls from 1 (its own first node is skipped, not dropped).
+
+    tf-keras (``_should_skip_first_node``) and Keras 2.x count from 1 when the nested model has a
+    node of its own from being built on its Input, and from 0 otherwise (a Sequential model built
+    without an input shape); every call of a nested model in the graph is referenced, so the
+    indices used tell which: ``1..n`` for ``n`` calls counted from 1, ``0..n-1`` from 0.
+    """
     if model.generation >= 3:
+        _renumber_keras3_outputs(model)
         return
     by_name = {layer.name: layer for layer in model.layers}
     refs = [r for layer in model.layers for c in layer.calls for r in _walk_refs([c.args, c.kwargs])] + model.outputs

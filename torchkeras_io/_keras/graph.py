@@ -58,6 +58,17 @@ def _map_refs(x: Any, fn) -> Any:
     return x
 
 
+def _map_leaves(x: Any, fn) -> Any:
+    """:func:`_map_refs` applied to every leaf, the non-tensor operands too."""
+    if isinstance(x, list):
+        return [_map_leaves(v, fn) for v in x]
+    if isinstance(x, tuple):
+        return tuple(_map_leaves(v, fn) for v in x)
+    if isinstance(x, dict):
+        return {k: _map_leaves(v, fn) for k, v in x.items()}
+    return fn(x)
+
+
 def _refs_in(x: Any) -> list:
     out = []
     _map_refs(x, lambda r: out.append(r))
@@ -101,8 +112,9 @@ class KerasGraph(nn.Module):
         args = _map_refs(step.args, fetch)
         kwargs = {k: v for k, v in _map_refs(step.kwargs, fetch).items() if k != "training"}
         x = args[0] if len(args) == 1 else args
-        in_masks = _map_refs(step.args[0] if len(step.args) == 1 else step.args,
-                             lambda r: masks.get((r.layer, r.node, r.tensor)))  # fmt: skip
+        # operands that are not tensors (Keras 3 ops nodes such as ``x * (1.0 / 6.0)``) have no mask
+        in_masks = _map_leaves(step.args[0] if len(step.args) == 1 else step.args,
+                               lambda r: masks.get((r.layer, r.node, r.tensor)) if isinstance(r, Ref) else None)  # fmt: skip
         has_mask = any(m is not None for m in (in_masks if isinstance(in_masks, list) else [in_masks]))
         if mask_mode in ("consume", "compute") and "mask" not in kwargs and has_mask:
             kwargs["mask"] = in_masks
