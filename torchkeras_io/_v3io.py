@@ -25,6 +25,7 @@ from ._atomic import atomic_write_path
 from ._h5format import FileLayer, WeightsReader, load_attributes, save_attributes
 from ._keras.graph import KerasGraph
 from ._keras.keras3 import keras_snake, layer_entries, to_keras3
+from ._keras.order import in_keras_order
 from ._optim import TORCH_GROUP, keras_variables, restore_training, save_training
 from ._plan import plan
 from ._v3format import (
@@ -333,11 +334,20 @@ def _compile_config(training: dict) -> dict:
 
 
 def save_keras_model(module, filepath, config: dict, sources, *, optimizer=None, loss=None, metrics=None,
-                     scheduler=None, include_optimizer: bool = True, overwrite: bool = True) -> None:  # fmt: skip
+                     scheduler=None, include_optimizer: bool = True, overwrite: bool = True,
+                     origins: Optional[dict] = None) -> None:  # fmt: skip
     """Write ``module`` as a Keras 3 ``.keras`` archive (config in the Keras 3 dialect, weights at
-    Keras 3's paths; with an optimizer, ``compile_config`` and ``optimizer/vars``)."""
-    config3 = to_keras3(config)
+    Keras 3's paths; with an optimizer, ``compile_config`` and ``optimizer/vars``). The config is
+    rebuilt and every weight fitted before anything is written (``origins``: where each Keras layer
+    comes from, for the error when one does not fit)."""
+    from .saving import prove_rebuilds  # saving imports this module
+
+    # listed as Keras 3 rebuilds model.layers (a fixed point): the store paths below, numbered in
+    # this order, are the ones Keras 3 gives each layer, so same-class siblings are never swapped
+    config3, _ = in_keras_order(to_keras3(config), "keras3")
     objects, ordered = config_objects(module, config3, sources, filepath)
+    # never write a file that does not load: rebuild the Keras 3 config and fit every weight first
+    prove_rebuilds(config3, ordered, filepath, keras_version=KERAS3_VERSION, flavor="keras3", origins=origins)
     training = None
     with (
         atomic_write_path(filepath, overwrite=overwrite) as tmp,

@@ -227,6 +227,7 @@ def load_weights(
         info = FileInfo(filepath, reader.keras_version, reader.backend)
         report = LoadReport(filepath)
         file_layers = {name: reader.layer(name) for name in reader.layer_names}
+        file_layers = _check_keras_pairing(module, reader, file_layers, filepath, by_name)
         pairs = _pair(slots, file_layers, by_name, report, filepath)
         file_top = reader.top_level()
         if top is not None and file_top is not None and file_top.weights:
@@ -323,6 +324,81 @@ def _prechecked(lazy) -> bool:
     return view is not None and getattr(view.root, "prechecked", False)
 
 
+def _swaps(expected: list, found: list, file_layers: dict) -> str:
+    """The first few layers that positional pairing gives another layer's weights, with their shapes."""
+    out = []
+    for want, got in zip(expected, found):
+        if want != got and len(out) < 3:
+            a = [tuple(w.shape) for w in file_layers[want].weights] if want in file_layers else None
+            b = [tuple(w.shape) for w in file_layers[got].weights]
+            same = "same shapes: a silent swap" if a == b else f"shapes {b} for {a}"
+            out.append(f"'{want}' would get the weights of '{got}' ({same})")
+    return "; ".join(out)
+
+
+def _check_keras_pairing(module: nn.Module, reader, file_layers: dict, filepath: str, by_name: bool = True) -> dict:
+    """Warn about a file that Keras would load into the wrong layers; the file's layers, by name.
+
+    tf-keras and Keras 3 pair a legacy file's weight groups with ``model.layers`` by position, and
+    ``model.layers`` of a model rebuilt from a config is Keras's own depth sort of the graph
+    (:mod:`._keras.order`). Keras always writes ``layer_names`` in that order; a file written in
+    another order (older torchkeras_io versions wrote their configs' order) loads with weights in
+    the wrong layers (shape errors, or same-shaped layers silently swapped). Our load pairs by name.
+    A ``.keras`` archive pairs by store path (``layers/conv2d_1``), numbered in that same order; an
+    archive we wrote numbered in another order still names each layer in its store, and is read
+    by those names."""
+    from ._h5format import WeightsReader
+    from ._keras.order import layer_order
+    from ._v3io import V3WeightsReader
+
+    if isinstance(reader, V3WeightsReader):
+        return _renamed_by_store(reader, file_layers, filepath)
+    config = getattr(module, "keras_config", None)
+    if not isinstance(reader, WeightsReader) or not isinstance(config, dict):
+        return file_layers
+    found = [name for name, layer in file_layers.items() if layer.weights]
+    try:
+        expected = [name for name in layer_order(config, "tf_keras") if name in set(found)]
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError):
+        return file_layers  # a config Keras cannot rebuild: the builder has already said so, or will
+    if expected == found or set(expected) != set(found):
+        return file_layers
+    warnings.warn(f"{filepath}: Keras pairs this file's weight groups with its layers by position, in an order the "
+                  f"file does not follow, so tf-keras and Keras 3 would load it wrongly: "
+                  f"{_swaps(expected, found, file_layers)}. "
+                  + ("torchkeras_io loads it by name (correctly)" if by_name else "This load pairs them in the "
+                     "module's own order") + "; save it again with torchkeras_io.save_model for a file Keras loads",
+                  TorchKerasIOWarning, stacklevel=3)  # fmt: skip
+    return file_layers
+
+
+def _renamed_by_store(reader, file_layers: dict, filepath: str) -> dict:
+    """A Keras 3 store whose layers carry the names their writer gave them (ours do), where Keras 3's
+    path numbering gives some of them another layer's name: warn, and use the stored names."""
+    stored = {}
+    for name, layer in file_layers.items():
+        path = layer.attrs.get("v3_path")
+        own = reader.objects.get(path) if path is not None else None
+        stored[name] = own.name if own is not None and own.name else None
+    weighted = [name for name, layer in file_layers.items() if layer.weights]
+    moved = [name for name in weighted if stored[name] not in (None, name)]
+    if not moved or None in (stored[n] for n in weighted) or {stored[n] for n in weighted} != set(weighted):
+        return file_layers  # names missing, or not a reordering of the same layers: nothing to go on
+    shapes = {name: [tuple(w.shape) for w in file_layers[name].weights] for name in weighted}
+    detail = "; ".join(f"'{n}' would get the weights saved for '{stored[n]}' "
+                       f"({'same shapes: a silent swap' if shapes[n] == shapes[stored[n]] else 'other shapes'})"
+                       for n in moved[:3])  # fmt: skip
+    warnings.warn(f"{filepath}: Keras 3 pairs this archive's weights with its layers by store path, numbered in an "
+                  f"order the file does not follow, so Keras 3 would load it wrongly: {detail}. torchkeras_io "
+                  "loads it by the names stored with the weights; save it again with torchkeras_io.save_model for "
+                  "a file Keras 3 loads", TorchKerasIOWarning, stacklevel=4)  # fmt: skip
+    out = {}
+    for name, layer in file_layers.items():
+        new = stored[name] if name in set(weighted) else name
+        out[new] = dataclasses.replace(layer, name=new)
+    return out
+
+
 def _pair(slots, file_layers: dict, by_name: bool, report: LoadReport, filepath: str):
     weighted = [layer for layer in file_layers.values() if layer.weights]
     if by_name:
@@ -344,6 +420,17 @@ def _pair(slots, file_layers: dict, by_name: bool, report: LoadReport, filepath:
             f"({', '.join(s.name for s in slots[:8])}{', …' if len(slots) > 8 else ''}), the file has "
             f"{len(weighted)} ({', '.join(x.name for x in weighted[:8])}{', …' if len(weighted) > 8 else ''}). "
             "Use by_name=True to load matching layers only",
+            filepath=filepath,
+        )
+    names = [s.name.replace(".", "_") for s in slots]
+    found = [layer.name.replace(".", "_") for layer in weighted]
+    if names != found and sorted(names) == sorted(found):
+        # the file names exactly the module's layers, in another order: pairing by position would put
+        # one layer's weights into another (silently, where shapes agree)
+        by_key = {layer.name.replace(".", "_"): layer for layer in weighted}
+        raise WeightMismatchError(
+            f"the file holds the module's layers in another order, so pairing them by position would load "
+            f"{_swaps(names, found, by_key)}. Use by_name=True to pair them by name",
             filepath=filepath,
         )
     return list(zip(slots, weighted))

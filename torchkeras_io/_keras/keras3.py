@@ -3,7 +3,8 @@
 Keras 3 deserializes ``config.json`` by ``module`` + ``class_name`` (keras_h5_formats.md §6.5,
 §6.7): every object carries ``module`` and ``registered_name``; ``InputLayer`` has
 ``batch_shape``; Functional nodes are ``{"args": [...], "kwargs": {...}}`` with
-``__keras_tensor__`` references; nested models are referenced from node 0. tf-keras-only layer
+``__keras_tensor__`` references; a nested model's calls are renumbered as Keras 3 numbers them
+(:func:`_nested_numbering`). tf-keras-only layer
 arguments (``MultiHeadAttention``'s ``query_shape``/``key_shape``/``value_shape``) become the
 layer's ``build_config``. Also: :func:`layer_entries`, the layers of a Keras 3 config with the
 store path Keras 3 gives each one.
@@ -11,9 +12,13 @@ store path Keras 3 gives each one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 from typing import Any, Optional
+
+from .ops_export import keras3_op
+from .order import layer_order
 
 MODEL_CLASSES = ("Sequential", "Functional", "Model")
 _OBJECT_MODULES = {"_initializer": "keras.initializers", "_regularizer": "keras.regularizers",
@@ -46,14 +51,50 @@ def _is_ref(x: Any) -> bool:
     )
 
 
-def _tensor(ref: list, nested: set) -> dict:
-    node = 0 if ref[0] in nested else ref[1]  # Keras 2 counts a nested model's nodes from 1
+def _nested_numbering(cfg: dict) -> dict:
+    """``{nested model name: the index Keras 2 gives its first call here}`` for a Keras 2 config.
+
+    tf-keras (``_should_skip_first_node``) and Keras 2 count a nested model's calls from 1 when the
+    model has a node of its own from being built on its ``Input`` (every Functional, a Sequential
+    with an input shape), from 0 otherwise (a Sequential built by its first call). Every call kept
+    in the config feeds an output, so the indices used are ``1..n`` or ``0..n-1`` for ``n`` calls:
+    one reaching ``n`` tells the first (as the loader reads them, ``config._renumber_nested_nodes``).
+    """
+    layers = cfg.get("layers", [])
+    calls = {entry.get("name", entry.get("config", {}).get("name")): len(entry.get("inbound_nodes") or [])
+             for entry in layers if entry.get("class_name") in MODEL_CLASSES}  # fmt: skip
+    used: dict = {name: [] for name in calls}
+
+    def walk(x: Any) -> None:
+        if _is_ref(x):
+            if x[0] in used:
+                used[x[0]].append(x[1])
+            if len(x) > 3:
+                walk(x[3])
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+
+    walk([entry.get("inbound_nodes", []) for entry in layers])
+    walk([cfg.get("input_layers", []), cfg.get("output_layers", [])])
+    return {name: 1 if used[name] and max(used[name]) >= n and min(used[name]) >= 1 else 0
+            for name, n in calls.items()}  # fmt: skip
+
+
+def _tensor(ref: list, nested: dict) -> dict:
+    """A call argument: Keras 3 counts a nested model's calls from 0 there, Functional or not
+    (``serialize_node`` in keras/src/models/functional.py drops the nodes outside the model,
+    the Functional's own ``Input`` node among them)."""
+    node = ref[1] - nested.get(ref[0], 0)
     # Keras 3 replaces the placeholder by the inbound layer's output; it only needs a valid shape
     return {"class_name": "__keras_tensor__",
             "config": {"shape": [None], "dtype": "float32", "keras_history": [ref[0], node, ref[2]]}}  # fmt: skip
 
 
-def _convert_value(x: Any, nested: set) -> Any:
+def _convert_value(x: Any, nested: dict) -> Any:
     if _is_ref(x):
         return _tensor(x, nested)
     if isinstance(x, list):
@@ -63,12 +104,14 @@ def _convert_value(x: Any, nested: set) -> Any:
     return x
 
 
-def _nodes(inbound: list, nested: set, class_name: Optional[str] = None) -> list:
+def _nodes(inbound: list, nested: dict, class_name: Optional[str] = None) -> list:
     out = []
     for node in inbound:
         if isinstance(node, dict):  # already Keras 3
             out.append(node)
             continue
+        if node and isinstance(node[0], str):  # tf-keras writes a one-tensor call (TFOpLambda) as the bare entry
+            node = [node]
         kwargs = {}
         for entry in node:
             if len(entry) > 3 and isinstance(entry[3], dict):
@@ -119,14 +162,20 @@ def to_keras3(config: dict) -> dict:
             out["build_config"] = build
         return out
     layers = cfg.get("layers", [])
-    nested = {entry.get("config", {}).get("name", entry.get("name")) for entry in layers
-              if entry.get("class_name") in MODEL_CLASSES}  # fmt: skip
+    nested: dict = {}
+    functional: set = set()
+    # Keras 3 writes its nodes as {"args", "kwargs"} in a legacy .h5 config too, numbered as here already
+    if not any(isinstance(node, dict) for entry in layers for node in entry.get("inbound_nodes") or []):
+        nested = _nested_numbering(cfg)
+        functional = {entry.get("name", entry.get("config", {}).get("name")) for entry in layers
+                      if entry.get("class_name") in ("Functional", "Model")}  # fmt: skip
     new_layers = []
     for entry in layers:
         sub = to_keras3(entry)
         if class_name != "Sequential":
             sub["name"] = entry.get("name", entry.get("config", {}).get("name"))
             sub["inbound_nodes"] = _nodes(entry.get("inbound_nodes", []), nested, entry.get("class_name"))
+            sub = keras3_op(entry, nested, sub)  # a TFOpLambda the exporter wrote: Keras 3's keras.ops node
         new_layers.append(sub)
     cfg["layers"] = new_layers
     if class_name == "Sequential":
@@ -134,7 +183,11 @@ def to_keras3(config: dict) -> dict:
     for key in ("input_layers", "output_layers"):
         refs = cfg.get(key)
         if isinstance(refs, list):
-            refs = [[r[0], 0 if r[0] in nested else r[1], r[2]] if _is_ref(r) else r for r in refs]
+            # Keras 3 counts a nested Functional's calls from 1 here ("Functional models start with
+            # a pre-existing node", Functional.get_config), a nested Sequential's from 0 (in Keras 3
+            # Sequential is no Functional); functional_from_config's get_tensor subtracts the 1
+            refs = [[r[0], r[1] - nested.get(r[0], 0) + (r[0] in functional), r[2]] if _is_ref(r) else r
+                    for r in refs]  # fmt: skip
             cfg[key] = refs[0] if len(refs) == 1 else refs
     return {"module": "keras.src.models.functional", "class_name": "Functional", "config": cfg,
             "registered_name": "Functional"}  # fmt: skip
@@ -146,11 +199,19 @@ def layer_entries(config: dict, prefix: str = "") -> list:
     out = []
     cfg = config.get("config", {})
     layers = cfg.get("layers", []) if isinstance(cfg, dict) else []
+    if config.get("class_name") in ("Functional", "Model") and layers:
+        # Keras 3 numbers the paths in the order of the rebuilt model.layers, its own depth sort of
+        # the graph (.order), not the config's: the same order for every config Keras wrote
+        with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError):
+            by_name = {entry.get("name", entry.get("config", {}).get("name")): entry for entry in layers}
+            layers = [by_name[name] for name in layer_order(config, "keras3")]
     used: dict = {}
     for entry in layers:
         cls = entry.get("class_name")
         if config.get("class_name") == "Sequential" and cls == "InputLayer":
             continue  # Sequential.layers leaves the InputLayer out
+        if str(entry.get("module", "")).startswith("keras.src.ops"):
+            continue  # a keras.ops node is an operation, not a layer: not in model.layers, no path
         base = keras_snake(str(cls))
         n = used.get(base, 0)
         used[base] = n + 1
