@@ -24,7 +24,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from ._adapters.registry import WeightSource, exporter_for
+from . import _export_ext
+from ._adapters.registry import WeightSource, exporter_for, function_exporter
 from .errors import TorchKerasIOError, UnsupportedLayerError
 
 KERAS_VERSION = "2.15.0"
@@ -184,12 +185,161 @@ class _Tracer(torch.fx.Tracer):
         return exporter_for(m) is not None or super().is_leaf_module(m, qualname)
 
 
-def _trace(module: nn.Module) -> torch.fx.GraphModule:
+def _trace(module: nn.Module, input_shapes=None, batch_axes=None) -> torch.fx.GraphModule:
+    """fx graph of ``module`` in eval mode (the export describes inference: ``self.training`` is False).
+
+    Optional ``forward`` parameters beyond the given inputs keep their defaults. Symbolic tracing
+    comes first; when Python control flow or a shape assert stops it, tracing runs again with
+    example inputs of the given shapes riding along (:class:`_ConcreteTracer`), so shape-dependent
+    branches and asserts specialise to the input shape the export fixes anyway.
+    """
+    concrete = _defaulted_args(module, len(input_shapes) if input_shapes is not None else None)
+    modes = [(m, m.training) for m in module.modules()]  # each module's own mode (a frozen BN stays frozen)
+    module.eval()
     try:
-        graph = _Tracer().trace(module)
-    except Exception as exc:  # fx raises many types for untraceable Python control flow
-        raise UnsupportedLayerError(f"{type(module).__name__} cannot be traced with torch.fx: {exc}") from exc
-    return torch.fx.GraphModule(module, graph)
+        try:
+            graph = _Tracer().trace(module, concrete_args=concrete or None)
+        except Exception as exc:  # fx raises many types for untraceable Python control flow
+            if input_shapes is None:
+                raise UnsupportedLayerError(f"{type(module).__name__} cannot be traced with torch.fx: {exc}") from exc
+            graph = _trace_concretely(module, input_shapes, batch_axes, concrete, exc)
+    finally:
+        for m, training in modes:
+            m.training = training
+    _drop_specialised_args(graph, len(input_shapes) if input_shapes is not None else None, concrete)
+    gm = torch.fx.GraphModule(module, graph)
+    from ._adapters.functional import modules_for_functional_calls
+
+    modules_for_functional_calls(gm)  # F.conv2d(x, self.weight, ...) and the like: the standard module's call
+    return gm
+
+
+def _defaulted_args(module: nn.Module, n_inputs) -> dict:
+    """{name: default} of the ``forward`` parameters after the first ``n_inputs``: not model inputs."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = [p for p in params if p.kind in kinds]
+    if n_inputs is None:
+        n_inputs = sum(p.default is inspect.Parameter.empty for p in params)
+    return {p.name: p.default for p in params[n_inputs:] if p.default is not inspect.Parameter.empty}
+
+
+def _drop_specialised_args(graph, n_inputs, concrete: dict) -> None:
+    """Remove the placeholders fx keeps for defaulted arguments, with the asserts that check them."""
+    if not concrete or n_inputs is None:
+        return
+    extra = [n for n in graph.nodes if n.op == "placeholder"][n_inputs:]
+    tainted = set(extra)
+    for node in graph.nodes:
+        if any(a in tainted for a in node.all_input_nodes):
+            tainted.add(node)
+    for node in reversed(list(graph.nodes)):
+        if node in tainted and not node.users:
+            graph.erase_node(node)
+
+
+class _ConcreteProxy(torch.fx.Proxy):
+    """A proxy that also holds the value its node takes on the example inputs."""
+
+    def __len__(self):
+        return len(self.tracer.value_of(self))
+
+    def __index__(self):
+        return self.tracer.static(self).__index__()
+
+    def __int__(self):
+        return int(self.tracer.static(self))
+
+
+class _ConcreteTracer(_Tracer):
+    """fx tracing with example inputs riding along: Python can branch on shapes and iterate sizes."""
+
+    def __init__(self, inputs: dict) -> None:
+        super().__init__()
+        self._inputs = inputs  # placeholder name -> example value
+        self._values: dict = {}
+        self._computing = False  # inside a real call: fx's patched Module.__call__ / __getattr__ must not trace
+
+    def call_module(self, m, forward, args, kwargs):
+        return forward(*args, **kwargs) if self._computing else super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        return attr_val if self._computing else super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def proxy(self, node):
+        return _ConcreteProxy(node, self)
+
+    def value_of(self, p):
+        return self._values[p.node]
+
+    def static(self, p):
+        v = self.value_of(p)
+        if isinstance(v, torch.Tensor):  # branching on tensor data would bake in the example's values
+            raise torch.fx.proxy.TraceError(f"control flow depends on the data of '{p.node.name}', not on shapes")
+        return v
+
+    def to_bool(self, obj) -> bool:
+        return bool(self.static(obj))
+
+    def iter(self, obj):
+        return iter([obj[i] for i in range(len(self.value_of(obj)))])
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        real = torch.fx.node.map_aggregate((args, kwargs), lambda a: self._values[a.node] if isinstance(
+            a, torch.fx.Proxy) else a)  # fmt: skip
+        a, kw = real
+        self._computing = True
+        try:
+            value = self._compute(kind, target, a, kw)
+        finally:
+            self._computing = False
+        self._values[proxy.node] = value
+        return proxy
+
+    def _compute(self, kind, target, a, kw):
+        with torch.no_grad():
+            if kind == "placeholder":
+                value = self._inputs.get(target, kw.get("default") if isinstance(kw, dict) else None)
+                if target not in self._inputs and a:
+                    value = a[0]  # a defaulted argument: its default
+            elif kind == "get_attr":
+                value = self.root
+                for part in str(target).split("."):
+                    value = getattr(value, part)
+            elif kind == "call_function":
+                value = target(*a, **kw)
+            elif kind == "call_method":
+                value = getattr(a[0], target)(*a[1:], **kw)
+            elif kind == "call_module":
+                value = self.root.get_submodule(target)(*a, **kw)
+            else:
+                value = None
+        return value
+
+
+def _trace_concretely(module, input_shapes, batch_axes, concrete, first_error):
+    import inspect
+
+    names = [p for p in inspect.signature(module.forward).parameters][: len(input_shapes)]
+    device = _module_device(module)
+    errors = []
+    for make in (torch.randn, lambda s: torch.zeros(s, dtype=torch.long)):  # float inputs, else token ids
+        inputs = {}
+        for name, shape, b in zip(names, input_shapes, batch_axes or [0] * len(input_shapes)):
+            shape = [8 if s is None else int(s) for s in shape]
+            inputs[name] = make(tuple(shape[:b] + [2] + shape[b:])).to(device)
+        try:
+            return _ConcreteTracer(inputs).trace(module, concrete_args=concrete or None)
+        except Exception as exc:  # noqa: PERF203 - at most two tries
+            errors.append(exc)
+    raise UnsupportedLayerError(f"{type(module).__name__} cannot be traced with torch.fx: {first_error}; nor with "
+                                f"example inputs of the given shapes: {errors[0]}") from errors[0]  # fmt: skip
 
 
 def _example_inputs(gm: torch.fx.GraphModule, input_shapes: list, batch_axes: list) -> list:
@@ -208,9 +358,9 @@ def _example_inputs(gm: torch.fx.GraphModule, input_shapes: list, batch_axes: li
 
 
 def _module_device(module: nn.Module) -> torch.device:
-    for t in module.parameters():
-        return t.device
-    return torch.device("cpu")
+    from ._placement import module_device  # parameters and buffers: a module of buffers has a device too
+
+    return module_device(module)
 
 
 # ------------------------------------------------------------------------------------ export
@@ -233,7 +383,7 @@ def export_config(module: nn.Module, input_shape=None, *, channels_last_io: bool
     batch_axes = _batch_axes(batch_axis, shapes)
     if channels_last_io and any(batch_axes):
         raise TorchKerasIOError("channels_last=True needs batch-first inputs (batch_axis=0)")
-    gm = _trace(module)
+    gm = _trace(module, shapes, batch_axes)
     interp = torch.fx.Interpreter(gm, garbage_collect_values=False)
     was_training = module.training
     module.eval()
@@ -257,8 +407,8 @@ def export_config(module: nn.Module, input_shape=None, *, channels_last_io: bool
             env[node] = ctx.input(node.name, tuple(v.shape), v.dtype, perm)
         elif node.op == "output":
             outputs = _map(node.args[0], env)
-        elif node.op == "get_attr":
-            raise ctx.fail("uses a tensor attribute directly in forward; Keras layers can only hold weights of layers")
+        elif node.op == "get_attr":  # a parameter or buffer read in forward: a Keras weight (_export_ext)
+            env[node] = _export_ext.export_param(ctx, gm, node, values[node])
         else:
             args = _map(node.args, env)
             kwargs = _map(node.kwargs, env)
@@ -347,8 +497,18 @@ _NOOP_METHODS = {"contiguous", "clone", "detach", "float"}
 
 def _export_op(ctx: ExportContext, node, args, kwargs, value) -> Any:
     target = node.target
+    if _is_static(value) and not _has_kt((args, kwargs)):
+        return value  # arithmetic on shapes (``c // groups``): static once the input shape is fixed
+    if node.kwargs.get("inplace") and not node.users:  # ``F.relu(x, inplace=True); return x``: the graph
+        raise ctx.fail("an in-place operation whose result is never used (use its result: x = F.relu(x))")
+    handled = _export_ext.export_op(ctx, node, args, kwargs, value)  # matmul, roll, comparisons, parameters
+    if handled is not NotImplemented:
+        return handled
     if node.op == "call_method":
         name = target
+        registered = function_exporter(("method", name))  # family exporters of tensor methods (split, chunk, ...)
+        if registered is not None:
+            return registered(ctx, node, args, kwargs, value)
         if name in ("size", "dim") or not isinstance(value, torch.Tensor):
             return value  # shapes are static once the input shape is fixed
         x = args[0]
@@ -361,6 +521,9 @@ def _export_op(ctx: ExportContext, node, args, kwargs, value) -> Any:
         if name in ("permute", "transpose", "view", "reshape", "flatten", "mean", "softmax", "unsqueeze", "squeeze"):
             return _shape_op(ctx, name, x, args[1:], kwargs, value)
         raise ctx.fail(f"tensor method '{name}' has no Keras equivalent")
+    registered = function_exporter(target)  # family exporters of torch functions (pooling, dropout, ...)
+    if registered is not None:
+        return registered(ctx, node, args, kwargs, value)
     if target in _ACTIVATIONS:
         return _activation(ctx, args[0], value, _ACTIVATIONS[target])
     if target in (F.gelu,):
@@ -384,6 +547,8 @@ def _export_op(ctx: ExportContext, node, args, kwargs, value) -> Any:
         tensors = list(args[0])
         dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
         first = tensors[0]
+        if len(tensors) == 1:  # torch.cat([x]) (DenseNet's first layer): x itself; Concatenate needs two inputs
+            return first
         aligned = [ctx.permute(t, first.perm) for t in tensors]
         axis = first.keras_axis(dim)
         if axis == 0:
@@ -404,6 +569,23 @@ def _export_op(ctx: ExportContext, node, args, kwargs, value) -> Any:
     if target is getattr and args[1] == "shape":
         return value
     raise ctx.fail("this operation has no Keras equivalent (register an exporter or use supported ops)")
+
+
+def _is_static(value) -> bool:
+    """A Python number, shape or None (or a tuple of them): a constant of the exported graph."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.Size, torch.dtype)):
+        return True
+    return isinstance(value, (list, tuple)) and all(_is_static(v) for v in value)
+
+
+def _has_kt(x) -> bool:
+    if isinstance(x, KT):
+        return True
+    if isinstance(x, (list, tuple)):
+        return any(_has_kt(v) for v in x)
+    if isinstance(x, dict):
+        return any(_has_kt(v) for v in x.values())
+    return False
 
 
 def _softmax(ctx, x: KT, dim, value) -> KT:
@@ -531,4 +713,6 @@ def _getitem(ctx, x, index, value) -> Any:
                            name=f"{ctx.node.name}_crop")  # fmt: skip
         return ctx.add1("Reshape", {"target_shape": [x.shape[c]]}, cropped, tuple(value.shape), _dropped(seq.perm, t),
                         name=ctx.node.name)  # fmt: skip
-    raise ctx.fail(f"indexing a tensor with {index!r}")
+    from ._adapters.slicing import export_getitem  # slices, integer indices, None, Ellipsis on any axis
+
+    return export_getitem(ctx, x, index, value)

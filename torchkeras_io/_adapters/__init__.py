@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import core, merge, ops, pooling, reshaping  # noqa: F401  (register their config builders)
+# register their config builders, and the exporters of torch functions and slicing
+from . import applications, core, functional, merge, ops, pooling, reshaping, slicing  # noqa: F401
 from .activation import PReLUAdapter
-from .attention import EinsumMultiHeadAttentionAdapter, MultiheadAttentionAdapter
+from .attention import EinsumMultiHeadAttentionAdapter, MultiheadAttentionAdapter, SwinAttentionAdapter
 from .base import Adapter, FileInfo, KerasLayer, direct_tensors
 from .conv import ConvAdapter, ConvTransposeAdapter, SeparableConvAdapter
 from .dense import DenseAdapter
@@ -28,6 +29,7 @@ ADAPTERS: list = [
     RecurrentAdapter(),
     MultiheadAttentionAdapter(),
     EinsumMultiHeadAttentionAdapter(),
+    SwinAttentionAdapter(),
 ]
 GENERIC = GenericAdapter()
 

@@ -8,11 +8,12 @@ channels-last shape Keras builds, e.g. ``(1, 1, C)`` for images.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..modules import HardSigmoidTF, KerasReLU, ThresholdedReLU
 from .base import Adapter, KerasLayer, lazy_param, owns_exactly
-from .registry import Built, WeightSource, builds, exports, unsupported
+from .registry import Built, WeightSource, builds, exports, exports_function, unsupported
 
 
 class PReLUAdapter(Adapter):
@@ -216,8 +217,10 @@ def _export_simple(ctx, node, module, args, kwargs, value):
 
 @exports(nn.GELU)
 def _export_gelu(ctx, node, module, args, kwargs, value):
-    if module.approximate != "none":
-        raise ctx.fail("tanh-approximate GELU has no activation that tf-keras and Keras 3 both read")
+    if module.approximate == "tanh":  # no activation name for it: each Keras's own gelu op (approximate=True)
+        from .._export_ext import gelu_tanh
+
+        return gelu_tanh(ctx, args[0], value, ctx.layer_name(node))
     return ctx.add1("Activation", {"activation": "gelu"}, args[0], tuple(value.shape), args[0].perm,
                     name=ctx.layer_name(node))  # fmt: skip
 
@@ -286,3 +289,36 @@ def _export_prelu(ctx, node, module, args, kwargs, value):
     source = WeightSource("", module, PReLUAdapter(), 0, {"input_rank": rank})
     return ctx.add1("PReLU", {"shared_axes": shared or None}, x, tuple(value.shape), x.perm,
                     name=ctx.layer_name(node), module=module, weights=source)  # fmt: skip
+
+
+# functional forms (``F.hardsigmoid(x)``, ...): the same layers as the modules
+@exports_function(F.hardsigmoid)
+def _export_hardsigmoid_fn(ctx, node, args, kwargs, value):
+    return _hard_sigmoid(ctx, args[0], tuple(value.shape), node.name)
+
+
+@exports_function(F.hardswish)
+def _export_hardswish_fn(ctx, node, args, kwargs, value):
+    x = args[0]
+    gate = _hard_sigmoid(ctx, x, tuple(value.shape), f"{node.name}_gate")
+    return ctx.add("Multiply", {}, [x, gate], [(tuple(value.shape), x.perm, x.dtype)], name=node.name)[0]
+
+
+@exports_function(F.hardtanh, F.relu6)
+def _export_hardtanh_fn(ctx, node, args, kwargs, value):
+    if node.target is F.relu6:
+        lo, hi = 0.0, 6.0
+    else:
+        lo = float(args[1] if len(args) > 1 else kwargs.get("min_val", -1.0))
+        hi = float(args[2] if len(args) > 2 else kwargs.get("max_val", 1.0))
+    if lo != 0.0:
+        raise ctx.fail(f"hardtanh with min_val={lo} (Keras's ReLU clips at 0)")
+    return ctx.add1("ReLU", {"max_value": hi}, args[0], tuple(value.shape), args[0].perm, name=node.name)
+
+
+@exports(nn.Hardtanh)
+def _export_hardtanh(ctx, node, module, args, kwargs, value):
+    if module.min_val != 0.0:
+        raise ctx.fail(f"Hardtanh with min_val={module.min_val} (Keras's ReLU clips at 0)")
+    return ctx.add1("ReLU", {"max_value": float(module.max_val)}, args[0], tuple(value.shape), args[0].perm,
+                    name=ctx.layer_name(node))  # fmt: skip

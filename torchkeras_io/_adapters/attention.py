@@ -17,8 +17,9 @@ from torch import nn
 
 from .._tensors import Lazy
 from ..modules import DotAttention, EinsumMultiHeadAttention, MultiHeadAttention
+from . import tensor_ops  # noqa: F401  (builders of the ops exported attention uses: matmul, gather, ...)
 from .base import Adapter, KerasLayer, combine, direct_tensors, lazy_param
-from .registry import Built, WeightSource, builds, exports, unsupported
+from .registry import Built, WeightSource, builds, exports, exports_named, unsupported
 
 
 class MultiheadAttentionAdapter(Adapter):
@@ -251,3 +252,131 @@ def _export_mha(ctx, node, module, args, kwargs, value):
     y = ctx.add("MultiHeadAttention", cfg, q, [(tuple(out.shape), q.perm, q.dtype)], name=ctx.layer_name(node),
                 kwargs=call_kwargs, module=module, weights=source)[0]  # fmt: skip
     return (y, None)
+
+
+# ---------------------------------------------------------------- torchvision Swin window attention
+def _is_swin_attention(module) -> bool:
+    cls = type(module)
+    return cls.__name__ == "ShiftedWindowAttention" and cls.__module__.startswith("torchvision.")
+
+
+class SwinAttentionAdapter(Adapter):
+    """torchvision's ``ShiftedWindowAttention`` (v1): its relative position bias table is the
+    ``beta`` of the ``LayerNormalization`` that produces it in an exported model (see
+    :mod:`torchkeras_io._export_ext`); the index buffer, fixed by the window size, is a torch
+    extra. ``qkv`` and ``proj`` are Dense layers of their own."""
+
+    family = "attention"
+
+    def match(self, module):
+        return _is_swin_attention(module) and set(direct_tensors(module)) == {
+            "relative_position_bias_table", "relative_position_index"}  # fmt: skip
+
+    def export(self, module, ctx=None):
+        return [KerasLayer("LayerNormalization", [lazy_param(module, "relative_position_bias_table", "beta")],
+                           extras=[lazy_param(module, "relative_position_index", "relative_position_index")])]  # fmt: skip
+
+    def load(self, module, index, weights, extras):
+        out = {"relative_position_bias_table": weights[0]}
+        if "relative_position_index" in extras:
+            out["relative_position_index"] = extras["relative_position_index"]
+        return out
+
+
+def _swin_mask(pad_h: int, pad_w: int, window: tuple, shift: tuple) -> torch.Tensor:
+    """The additive mask of shifted windows, ``(windows, 1, N, N)``, computed as torchvision does."""
+    mask = torch.zeros((pad_h, pad_w))
+    h_slices = ((0, -window[0]), (-window[0], -shift[0]), (-shift[0], None))
+    w_slices = ((0, -window[1]), (-window[1], -shift[1]), (-shift[1], None))
+    count = 0
+    for h in h_slices:
+        for w in w_slices:
+            mask[h[0] : h[1], w[0] : w[1]] = count
+            count += 1
+    mask = mask.view(pad_h // window[0], window[0], pad_w // window[1], window[1]).permute(0, 2, 1, 3)
+    mask = mask.reshape(-1, window[0] * window[1])
+    mask = mask.unsqueeze(1) - mask.unsqueeze(2)
+    mask = mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+    return mask.unsqueeze(1)
+
+
+@exports_named("torchvision.models.swin_transformer.ShiftedWindowAttention")
+def export_swin_attention(ctx, node, module, args, kwargs, value):
+    """torchvision ``shifted_window_attention`` in Keras layers, the batch kept apart from the windows:
+    windows ``(B, windows, N, C)``; heads ``(B, windows, heads, N, d)``; the bias table gathered by
+    the constant index (``tf.gather`` / ``keras.ops.take``); the shift mask added as a constant."""
+    from .. import _export_ext as ext
+    from .dense import DenseAdapter
+
+    if not SwinAttentionAdapter().match(module) or getattr(module, "logit_scale", None) is not None:
+        raise ctx.fail("only torchvision's ShiftedWindowAttention (v1) is exported")
+    x = ctx.as_torch(args[0])
+    if x.rank != 4:
+        raise ctx.fail("window attention on a tensor that is not (N, H, W, C)")
+    b, H, W, C = x.shape
+    wh, ww = module.window_size
+    heads = module.num_heads
+    d = C // heads
+    pad_r, pad_b = (ww - W % ww) % ww, (wh - H % wh) % wh
+    ph, pw = H + pad_b, W + pad_r
+    shift = list(module.shift_size)
+    shift[0] = 0 if wh >= ph else shift[0]
+    shift[1] = 0 if ww >= pw else shift[1]
+    nh, nw = ph // wh, pw // ww
+    nwin, n = nh * nw, wh * ww
+    name = ctx.layer_name(node)
+
+    def layer(cls, cfg, t, shape, suffix, **kw):
+        return ext._layer(ctx, cls, cfg, t, (b, *shape), f"{name}_{suffix}", **kw)
+
+    def dense(t, linear, shape, suffix):
+        cfg = {"units": linear.out_features, "activation": "linear", "use_bias": linear.bias is not None}
+        source = WeightSource("", linear, DenseAdapter(), 0, None)
+        return layer("Dense", cfg, t, shape, suffix, module=linear, weights=source)
+
+    if pad_r or pad_b:
+        x = layer("ZeroPadding2D", {"padding": [[0, pad_b], [0, pad_r]], "data_format": "channels_last"}, x,
+                  (ph, pw, C), "pad")  # fmt: skip
+    if sum(shift) > 0:
+        x = ext.roll(ctx, x, [-shift[0], -shift[1]], [1, 2], (b, ph, pw, C), f"{name}_shift")
+    x = layer("Reshape", {"target_shape": [nh, wh, nw, ww, C]}, x, (nh, wh, nw, ww, C), "grid")
+    x = layer("Permute", {"dims": [1, 3, 2, 4, 5]}, x, (nh, nw, wh, ww, C), "grid_order")
+    x = layer("Reshape", {"target_shape": [nwin, n, C]}, x, (nwin, n, C), "windows")
+    qkv = dense(x, module.qkv, (nwin, n, 3 * C), "qkv")
+    qkv = layer("Reshape", {"target_shape": [nwin, n, 3, C]}, qkv, (nwin, n, 3, C), "qkv_split")
+    parts = []
+    for i, part in enumerate("qkv"):
+        t = layer("Cropping3D", {"cropping": [[0, 0], [0, 0], [i, 2 - i]], "data_format": "channels_last"}, qkv,
+                  (nwin, n, 1, C), f"{part}_pick")  # fmt: skip
+        t = layer("Reshape", {"target_shape": [nwin, n, heads, d]}, t, (nwin, n, heads, d), f"{part}_heads")
+        parts.append(layer("Permute", {"dims": [1, 3, 2, 4]}, t, (nwin, heads, n, d), part))
+    q, k, v = parts
+    q = layer("Rescaling", {"scale": float(d**-0.5), "offset": 0.0}, q, (nwin, heads, n, d), "q_scaled")
+    kt = layer("Permute", {"dims": [1, 2, 4, 3]}, k, (nwin, heads, d, n), "k_t")
+    attn = ext.matmul(ctx, q, kt, (b, nwin, heads, n, n), f"{name}_scores")
+    table = ext.tensor_weight(ctx, module, "relative_position_bias_table", name, SwinAttentionAdapter())
+    bias = ext.tf_op(ctx, "gather", table, {"indices": module.relative_position_index.tolist(), "axis": 1},
+                     (b, n * n, heads), table.perm, table.dtype, f"{name}_bias_gather")  # fmt: skip
+    bias = layer("Reshape", {"target_shape": [n, n, heads]}, bias, (n, n, heads), "bias_grid")
+    bias = layer("Permute", {"dims": [3, 1, 2]}, bias, (heads, n, n), "bias_heads")
+    bias = layer("Reshape", {"target_shape": [1, heads, n, n]}, bias, (1, heads, n, n), "bias")
+    attn = ctx.add("Add", {}, [attn, bias], [((b, nwin, heads, n, n), attn.perm, attn.dtype)],
+                   name=f"{name}_biased")[0]  # fmt: skip
+    if sum(shift) > 0:
+        mask = _swin_mask(ph, pw, (wh, ww), tuple(shift))
+        attn = ext.tf_op(ctx, "math.add", attn, {"y": mask.tolist()}, attn.shape, attn.perm, attn.dtype,
+                         f"{name}_masked")  # fmt: skip
+    attn = layer("Softmax", {"axis": -1}, attn, (nwin, heads, n, n), "softmax")
+    o = ext.matmul(ctx, attn, v, (b, nwin, heads, n, d), f"{name}_mix")
+    o = layer("Permute", {"dims": [1, 3, 2, 4]}, o, (nwin, n, heads, d), "merge_order")
+    o = layer("Reshape", {"target_shape": [nwin, n, C]}, o, (nwin, n, C), "merge")
+    o = dense(o, module.proj, (nwin, n, C), "proj")
+    o = layer("Reshape", {"target_shape": [nh, nw, wh, ww, C]}, o, (nh, nw, wh, ww, C), "ungrid")
+    o = layer("Permute", {"dims": [1, 3, 2, 4, 5]}, o, (nh, wh, nw, ww, C), "ungrid_order")
+    o = layer("Reshape", {"target_shape": [ph, pw, C]}, o, (ph, pw, C), "image")
+    if sum(shift) > 0:
+        o = ext.roll(ctx, o, [shift[0], shift[1]], [1, 2], (b, ph, pw, C), f"{name}_unshift")
+    if pad_r or pad_b:
+        o = layer("Cropping2D", {"cropping": [[0, pad_b], [0, pad_r]], "data_format": "channels_last"}, o,
+                  (H, W, C), "crop")  # fmt: skip
+    return o

@@ -62,6 +62,13 @@ class ConvAdapter(Adapter):
         return [KerasLayer(cls, weights)]
 
     def normalize(self, module, index, weights, extras, info):
+        if weights and is_depthwise(module):
+            # a Keras Conv2D(groups=in_channels) (ConvNeXt) is this module too; its kernel
+            # (k..., 1, out) holds the depthwise kernel (k..., in, multiplier) in the same order
+            ks = tuple(module.weight.shape[2:])
+            if weights[0].shape == ks + (1, module.out_channels):
+                spec = self.export(module)[0].weights[0].shape
+                weights = [weights[0].map(lambda a: a.reshape(spec), spec)] + list(weights[1:])
         if not weights or not info.is_keras1:  # later Keras versions all use the current layout
             return weights, extras
         spec = self.export(module)[0].weights[0].shape

@@ -204,17 +204,35 @@ def _export_batch_norm(ctx, node, module, args, kwargs, value):
                     module=module, weights=source)  # fmt: skip
 
 
+def _channels_layer_norm(module) -> bool:
+    """torchvision's ``LayerNorm2d`` (ConvNeXt): a LayerNorm over the channel axis 1 of (N, C, H, W)."""
+    cls = type(module)
+    return cls.__name__ == "LayerNorm2d" and cls.__module__.startswith("torchvision.")
+
+
 @exports(nn.LayerNorm)
 def _export_layer_norm(ctx, node, module, args, kwargs, value):
-    x = ctx.as_torch(args[0])
-    k = len(module.normalized_shape)
-    axes = list(range(x.rank - k, x.rank))
+    if _channels_layer_norm(module):  # normalise the channel axis where it is: channels-last, Keras axis -1
+        x = ctx.as_channels_last(args[0])
+        if x.rank != 4 or len(module.normalized_shape) != 1:
+            raise ctx.fail("LayerNorm2d of a tensor that is not (N, C, H, W)")
+        axes = [x.keras_axis(1)]
+    elif type(module).forward is not nn.LayerNorm.forward:
+        raise ctx.fail(f"{type(module).__name__} overrides LayerNorm.forward; its normalised axes are unknown")
+    else:
+        x = ctx.as_torch(args[0])
+        k = len(module.normalized_shape)
+        axes = list(range(x.rank - k, x.rank))
+    k = len(axes)
     affine = module.elementwise_affine
     cfg = {"axis": axes if k > 1 else axes[0], "epsilon": float(module.eps), "center": module.bias is not None,
            "scale": module.weight is not None}  # fmt: skip
     source = WeightSource("", module, LayerNormAdapter(), 0, None) if affine else None
     return ctx.add1("LayerNormalization", cfg, x, tuple(value.shape), x.perm, name=ctx.layer_name(node),
                     module=module, weights=source)  # fmt: skip
+
+
+_export_layer_norm.accepts = _channels_layer_norm  # overrides forward, handled above (registry.exporter_for)
 
 
 @exports(nn.GroupNorm)

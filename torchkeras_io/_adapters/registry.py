@@ -91,6 +91,18 @@ def exports(*module_types: type):
     return deco
 
 
+def exports_named(*qualified_names: str):
+    """Register an exporter for module classes of libraries that may be absent, by ``module.QualName``
+    (``torchvision.models.swin_transformer.ShiftedWindowAttention``): nothing is imported."""
+
+    def deco(fn):
+        for name in qualified_names:
+            EXPORTERS[name] = fn
+        return fn
+
+    return deco
+
+
 @dataclasses.dataclass
 class WeightSource:
     """A Keras layer's weights: sub-layer ``index`` of ``module`` through ``adapter``."""
@@ -102,8 +114,65 @@ class WeightSource:
     ctx: Optional[dict]
 
 
+#: methods that decide what a module computes: a subclass that overrides one computes something else
+#: (a BatchNorm applying an activation, a Conv2d padding TF-style at run time), so it is not its parent
+BEHAVIOUR_METHODS = ("forward", "_conv_forward", "_output_padding")
+
+
+def computes_like(cls: type, base: type) -> bool:
+    """Whether instances of ``cls`` (a subclass of ``base``) run ``base``'s own forward code."""
+    return all(getattr(cls, m, None) is getattr(base, m, None) for m in BEHAVIOUR_METHODS)
+
+
 def exporter_for(module: nn.Module):
-    for cls in type(module).__mro__:
-        if cls in EXPORTERS:
-            return EXPORTERS[cls]
+    """The exporter registered for the module's class or the nearest base class whose forward it keeps.
+
+    A subclass that overrides ``forward`` (or ``_conv_forward``) has none, unless its exporter
+    says it knows the subclass (``exporter.accepts(module)``): fx then traces into it.
+    """
+    cls = type(module)
+    for base in cls.__mro__:
+        key = base if base in EXPORTERS else f"{base.__module__}.{base.__qualname__}"  # or by name: exports_named
+        if key in EXPORTERS:
+            fn = EXPORTERS[key]
+            if base is cls or computes_like(cls, base) or getattr(fn, "accepts", lambda m: False)(module):
+                return fn
+            return None
     return None
+
+
+#: torch function (``F.max_pool2d``, ``torch.split``, ...) -> exporter ``fn(ctx, node, args, kwargs, value)``,
+#: consulted by ``_export_op`` before its built-in table
+FUNCTION_EXPORTERS: dict = {}
+
+
+def exports_function(*functions):
+    """Register an exporter for calls of these torch functions (call_function nodes)."""
+
+    def deco(fn):
+        for f in functions:
+            FUNCTION_EXPORTERS[f] = fn
+        return fn
+
+    return deco
+
+
+def function_exporter(target):
+    try:
+        found = FUNCTION_EXPORTERS.get(target)
+    except TypeError:  # an unhashable target
+        return None
+    if found is None and callable(target):  # functions of optional libraries, registered by name (never imported)
+        qualified = f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}"
+        found = FUNCTION_EXPORTERS.get(("name", qualified))
+    return found
+
+
+def exports_function_named(*qualified_names: str):
+    """Register an exporter for functions of libraries that may be absent, by ``module.name``."""
+    return exports_function(*[("name", n) for n in qualified_names])
+
+
+def exports_method(*names: str):
+    """Register an exporter for calls of these tensor methods (call_method nodes: ``x.split(...)``)."""
+    return exports_function(*[("method", n) for n in names])
