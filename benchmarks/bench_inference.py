@@ -1,7 +1,11 @@
 """Forward time of Keras models converted by torchkeras_io against the same models run by Keras 3
 on its torch backend, in one run (ratios: ours / Keras 3; below 1 is faster).
 
-    python benchmarks/bench_inference.py [--repeat 20] [--batch 32]
+    python benchmarks/bench_inference.py [--repeat 20] [--batch 32] [--app-batch 4] [--models cnn,lstm,resnet50]
+
+``resnet50`` is keras.applications.ResNet50 (``weights=None``, 224x224 RGB, 1000 classes),
+timed at the smaller ``--app-batch``: a CPU forward of it takes about as long as a few hundred of
+the small models'.
 """
 
 from __future__ import annotations
@@ -43,6 +47,15 @@ def lstm():
     return keras.Model(inp, L.Dense(1, activation="sigmoid")(x), name="lstm"), (100,), "int32"
 
 
+def resnet50():
+    model = keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3), classes=1000)
+    return model, (224, 224, 3), "float32"
+
+
+MODELS = {"cnn": cnn, "lstm": lstm, "resnet50": resnet50}
+APPLICATIONS = {"resnet50"}  # timed at --app-batch
+
+
 def timeit(fn, repeat: int) -> float:
     fn()  # warm-up
     times = []
@@ -57,18 +70,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--app-batch", type=int, default=4, help="batch of the keras.applications models")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     args = parser.parse_args()
+    names = [n for n in args.models.split(",") if n]
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose from {sorted(MODELS)}")
     print(f"torch {torch.__version__}, keras {keras.__version__} ({keras.backend.backend()}), "
-          f"{torch.get_num_threads()} threads, batch {args.batch}")  # fmt: skip
-    print(f"{'model':8s} {'keras3 ms':>10s} {'tkio ms':>10s} {'ratio':>7s} {'max rel diff':>13s}")
+          f"{torch.get_num_threads()} threads, batch {args.batch} (applications: {args.app_batch})")  # fmt: skip
+    print(f"{'model':8s} {'batch':>5s} {'keras3 ms':>10s} {'tkio ms':>10s} {'ratio':>7s} {'max rel diff':>13s}")
     with tempfile.TemporaryDirectory() as tmp:
-        for make in (cnn, lstm):
-            kmodel, shape, dtype = make()
+        for name in names:
+            kmodel, shape, dtype = MODELS[name]()
+            batch = args.app_batch if name in APPLICATIONS else args.batch
             rng = np.random.default_rng(0)
             if dtype == "int32":
-                x = rng.integers(1, 5000, size=(args.batch,) + shape).astype("int32")
+                x = rng.integers(1, 5000, size=(batch,) + shape).astype("int32")
             else:
-                x = rng.normal(size=(args.batch,) + shape).astype("float32")
+                x = rng.normal(size=(batch,) + shape).astype("float32")
             path = os.path.join(tmp, f"{kmodel.name}.h5")
             kmodel.save(path)
             ours = tkio.load_model(path, compile=False).module
@@ -79,7 +99,9 @@ def main() -> None:
                 ref = keras.ops.convert_to_numpy(kmodel(xt, training=False))
                 got = ours(xt).numpy()
             diff = float(np.abs(got - ref).max() / np.abs(ref).max())
-            print(f"{kmodel.name:8s} {t_keras * 1e3:10.2f} {t_ours * 1e3:10.2f} {t_ours / t_keras:7.2f} {diff:13.2e}")
+            print(
+                f"{name:8s} {batch:5d} {t_keras * 1e3:10.2f} {t_ours * 1e3:10.2f} {t_ours / t_keras:7.2f} {diff:13.2e}"
+            )
 
 
 if __name__ == "__main__":

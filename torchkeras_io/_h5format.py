@@ -197,6 +197,18 @@ def read_str_attr(obj, name: str, filepath: str) -> Optional[str]:
     return value
 
 
+def legal_layer_name(name: str) -> bool:
+    """True for a name Keras can give a layer and HDF5 can hold as that layer's group path.
+
+    Keras 2 / tf-keras allow '/' in layer names (DenseNet's ``conv1/conv``, MobileNetV3's
+    ``Conv/BatchNorm``) and store them as nested groups; what a path would read as something
+    else (an empty, '.' or '..' part: a leading '/', '//', a step up or in place) or NUL is not
+    a name Keras makes, and is refused on both reading and writing."""
+    if not name or "\x00" in name:
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
 # --------------------------------------------------------------------------------------- writer
 _VLEN_ASCII = h5py.string_dtype("ascii")
 _VLEN_UTF8 = h5py.string_dtype("utf-8")
@@ -430,9 +442,17 @@ def write_weights_group(
         save_attributes(group, "layer_names", [layer.name for layer in layers])
         group.attrs["backend"] = BACKEND.encode("utf-8")
         group.attrs["keras_version"] = KERAS_VERSION.encode("utf-8")
+        parents: set = set()  # the groups made as parents of nested names ("a" for "a/b")
         for layer in layers:
-            g = w.group(group.id, layer.name)
-            made: dict = {None: g}
+            if layer.name in parents:
+                # tf-keras names such as "Conv" and "Conv/BatchNorm", the inner one written first:
+                # the outer layer's group exists and holds the inner one's, so nothing is assumed
+                g, made = h5g.open(group.id, _encode(layer.name)[0]), {}
+            else:
+                g = w.group(group.id, layer.name)
+                made = {None: g}
+            parts = layer.name.split("/")
+            parents.update("/".join(parts[:i]) for i in range(1, len(parts)))
             names = [f"{layer.name}/{x.name}:0" for x in layer.weights]
             w.names(g, "weight_names", names, fresh=True)
             for name, x in zip(names, layer.weights):
@@ -790,6 +810,10 @@ class WeightsReader:
 
     def layer(self, name: str) -> FileLayer:
         """The named layer group, with lazily read weights."""
+        # HDF5 reads a name up to its first NUL (as Keras's f[name] does): that is the name checked
+        if name and not legal_layer_name(name.split("\x00", 1)[0]):
+            raise FileFormatError(f"invalid layer name {name[:200]!r} (an empty, '.' or '..' part)",
+                                  filepath=self.filepath, layer=name)  # fmt: skip
         group = _resolve_id(self.group.id, name, self.filepath, name) if name else self.group.id
         if not isinstance(group, h5g.GroupID):
             raise FileFormatError("layer entry is not a group", filepath=self.filepath, layer=name)

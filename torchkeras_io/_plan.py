@@ -16,6 +16,7 @@ from torch import nn
 
 from ._adapters import ADAPTERS, GENERIC, Adapter, KerasLayer, direct_tensors
 from ._adapters.nested import NestedAdapter
+from ._h5format import legal_layer_name
 from .errors import TorchKerasIOError
 
 LayerNames = Union[Mapping[str, Union[str, Sequence[str]]], Callable[[str], Union[str, Sequence[str], None]], None]
@@ -80,8 +81,11 @@ def layer_modules(root: nn.Module, nested: frozenset = frozenset(), ctx: Optiona
 def _check_name(name, path: str) -> str:
     if not isinstance(name, str) or not name:
         raise TorchKerasIOError(f"layer_names gave {name!r} for module '{path}'; expected a non-empty string")
-    if "/" in name or "\x00" in name:
-        raise TorchKerasIOError(f"layer name {name!r} for module '{path}' contains '/' or NUL, which Keras forbids")
+    if not legal_layer_name(name):
+        raise TorchKerasIOError(
+            f"layer name {name!r} for module '{path}' is not a Keras layer name: NUL, or a '/'-separated "
+            "part that is empty, '.' or '..'"
+        )
     return name
 
 
@@ -127,4 +131,24 @@ def plan(root: nn.Module, layer_names: LayerNames = None, ctx: Optional[dict] = 
                 )
             used[name] = path
             slots.append(Slot(path, module, adapter, k, name, layer))
+    _check_nesting(used)
     return slots, top
+
+
+def _check_nesting(used: dict) -> None:
+    """A name with '/' is a group inside the group of each prefix. tf-keras has such pairs
+    (MobileNetV3's ``Conv`` and ``Conv/BatchNorm``); they share no object as long as the inner
+    group is not where the outer layer keeps its own datasets: ``<name>/<name>/…`` (weights are
+    named after their layer) and ``<name>/__torch__``."""
+    for name in used:
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            prefix, rest = "/".join(parts[:i]), "/".join(parts[i:])
+            clash = prefix == "top_level_model_weights" or (
+                prefix in used and any(rest == own or rest.startswith(f"{own}/") for own in (prefix, "__torch__"))
+            )
+            if clash:
+                raise TorchKerasIOError(
+                    f"Keras layer names '{prefix}' (module '{used.get(prefix)}') and '{name}' (module "
+                    f"'{used[name]}') would share HDF5 groups"
+                )
