@@ -36,3 +36,25 @@ def test_api_reference_covers_public_names():
     text = (ROOT / "mkdocs.yml").read_text()
     for page in ("index.md", "api.md", "layers.md", "optimizers.md", "corpus.md"):
         assert page in text and (ROOT / "docs" / page).exists()
+
+
+def test_zoo_page_lists_every_zoo_case_and_all_match():
+    # docs/zoo.md is rendered from what the zoo tests measured (python tools/zoo_table.py, slow run);
+    # here, without rerunning them: the page has a row for each model the tests define, a number
+    # in each cell the tests cover, and no case marked as failing
+    import zoo_table
+
+    page = (ROOT / "docs" / "zoo.md").read_text()
+    assert "zoo.md" in (ROOT / "mkdocs.yml").read_text()
+    for table, rows in zoo_table.expected_cases().items():
+        columns = zoo_table.TABLES[table][2]
+        for row, covered in rows.items():
+            line = next((ln for ln in page.splitlines() if ln.startswith(f"| {row} |")), None)
+            assert line is not None, f"docs/zoo.md has no row for {row}: run python tools/zoo_table.py"
+            cells = [c.strip() for c in line.strip("|").split("|")[1:]]
+            assert len(cells) == len(columns), line
+            for column, cell in zip(columns, cells):
+                if column in covered:
+                    assert float(cell) <= 1e-4, f"docs/zoo.md: {row} / {column} is {cell!r}"
+                else:
+                    assert cell == "—", line

@@ -24,7 +24,7 @@ from ._adapters.v3vars import groups_for, infer_groups, split
 from ._atomic import atomic_write_path
 from ._h5format import FileLayer, WeightsReader, load_attributes, save_attributes
 from ._keras.graph import KerasGraph
-from ._keras.keras3 import keras_snake, layer_entries, to_keras3
+from ._keras.keras3 import keras_snake, layer_entries, legal_names, to_keras3
 from ._keras.order import in_keras_order
 from ._optim import TORCH_GROUP, keras_variables, restore_training, save_training
 from ._plan import plan
@@ -299,10 +299,11 @@ def _layers_by_name(module, config: dict, sources) -> dict:
     return {src.keras_name: src.adapter.export(src.module, src.ctx)[src.index] for src in sources}
 
 
-def config_objects(module, config3: dict, sources, filepath=None) -> tuple:
+def config_objects(module, config3: dict, sources, filepath=None, renamed: Optional[dict] = None) -> tuple:
     """(store objects, ``[(layer name, weights)]`` in Keras order) of a module and its Keras 3 config:
-    every layer at the path Keras 3 gives it, wrappers (TimeDistributed) and nested models included."""
-    weights = _layers_by_name(module, config3, sources)
+    every layer at the path Keras 3 gives it, wrappers (TimeDistributed) and nested models included.
+    ``renamed``: ``{module's layer name: its name in config3}`` (:func:`legal_names`)."""
+    weights = {(renamed or {}).get(k, k): v for k, v in _layers_by_name(module, config3, sources).items()}
     objects = [StoreObject("", config3.get("config", {}).get("name"), [], {})]
     ordered = []
     for path, name, cls, inner in layer_entries(config3):
@@ -342,10 +343,14 @@ def save_keras_model(module, filepath, config: dict, sources, *, optimizer=None,
     comes from, for the error when one does not fit)."""
     from .saving import prove_rebuilds  # saving imports this module
 
+    # Keras 3 forbids tf-keras's '/' in names ("conv1/conv"): the file names such layers anew, in
+    # its config and in its store alike (the layers' paths do not change)
+    config3, renamed = legal_names(to_keras3(config))
+    origins = {renamed.get(k, k): v for k, v in (origins or {}).items()}
     # listed as Keras 3 rebuilds model.layers (a fixed point): the store paths below, numbered in
     # this order, are the ones Keras 3 gives each layer, so same-class siblings are never swapped
-    config3, _ = in_keras_order(to_keras3(config), "keras3")
-    objects, ordered = config_objects(module, config3, sources, filepath)
+    config3, _ = in_keras_order(config3, "keras3")
+    objects, ordered = config_objects(module, config3, sources, filepath, renamed)
     # never write a file that does not load: rebuild the Keras 3 config and fit every weight first
     prove_rebuilds(config3, ordered, filepath, keras_version=KERAS3_VERSION, flavor="keras3", origins=origins)
     training = None

@@ -128,6 +128,11 @@ def save_model(model: nn.Module, filepath: Union[str, os.PathLike], *, optimizer
     so Keras compiles and resumes from it) and a torch-side record from which
     :func:`torchkeras_io.load_model` restores the optimizer (and a ``scheduler``) bit for bit.
     ``compression``, ``compression_opts``, ``progress`` (HDF5 format): as for :func:`save_weights`.
+
+    Layer names with '/' (tf-keras's, as in DenseNet121's ``conv1/conv``) are kept in the HDF5
+    format, which tf-keras reads; Keras 3 forbids them, so a ``.keras`` file names those layers
+    with '_' for '/' (``conv1_conv``; numbered ``_1``, … where that name is taken), in its config
+    and its weights store alike.
     """
     from .models import Model
 

@@ -7,7 +7,7 @@ Keras 3 deserializes ``config.json`` by ``module`` + ``class_name`` (keras_h5_fo
 (:func:`_nested_numbering`). tf-keras-only layer
 arguments (``MultiHeadAttention``'s ``query_shape``/``key_shape``/``value_shape``) become the
 layer's ``build_config``. Also: :func:`layer_entries`, the layers of a Keras 3 config with the
-store path Keras 3 gives each one.
+store path Keras 3 gives each one; :func:`legal_names`, tf-keras's '/' names made Keras 3 names.
 """
 
 from __future__ import annotations
@@ -191,6 +191,79 @@ def to_keras3(config: dict) -> dict:
             cfg[key] = refs[0] if len(refs) == 1 else refs
     return {"module": "keras.src.models.functional", "class_name": "Functional", "config": cfg,
             "registered_name": "Functional"}  # fmt: skip
+
+
+def _object_names(obj: Any, out: list) -> list:
+    """The names of the serialized objects in a config: each layer (nested models' too), each model,
+    each object a layer's config holds (a wrapper's layer, a dtype policy)."""
+    if isinstance(obj, dict):
+        if "class_name" in obj:
+            for holder in (obj, obj.get("config")):
+                if isinstance(holder, dict) and isinstance(holder.get("name"), str):
+                    out.append(holder["name"])
+        for value in obj.values():
+            _object_names(value, out)
+    elif isinstance(obj, list):
+        for value in obj:
+            _object_names(value, out)
+    return out
+
+
+def legal_names(config3: dict) -> tuple:
+    """(``config3`` with every name Keras 3 forbids made legal, ``{old name: new name}``).
+
+    Keras 3 refuses '/' in a layer's name (``Operation.__init__``), which tf-keras allows and
+    its applications use (DenseNet121's ``conv1/conv``, MobileNetV3's ``Conv/BatchNorm``). Each
+    such name becomes its '/' -> '_' spelling, numbered ``_1``, ``_2``, … when that is taken by any
+    other name of the model (nested models' included), and is renamed everywhere it appears: the
+    layer's ``name`` and ``config.name``, the ``keras_history`` of the tensors its calls give,
+    ``input_layers``/``output_layers``, a nested model's own config, and the objects inside a layer's
+    config (a wrapper's layer). One name gets one new name throughout. ``config3``: Keras 3 dialect
+    (:func:`to_keras3`); it is not modified."""
+    names = _object_names(config3, [])
+    used = set(names)
+    renamed: dict = {}
+    for old in dict.fromkeys(n for n in names if "/" in n):  # in config order: the same config, the same names
+        base = old.replace("/", "_")
+        new, i = base, 0
+        while new in used:
+            i += 1
+            new = f"{base}_{i}"
+        used.add(new)
+        renamed[old] = new
+    return _renamed(config3, renamed, True), renamed
+
+
+def _renamed(obj: Any, renamed: dict, named: bool = False) -> Any:
+    """A copy of ``obj`` with the names of its objects (``named``: ``obj`` is one, or the config of
+    one) and each reference to a layer (``keras_history``, ``[name, node, tensor]`` in
+    ``input_layers``/``output_layers``) renamed."""
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            if key == "name" and named and isinstance(value, str):
+                out[key] = renamed.get(value, value)
+            elif key == "keras_history" and isinstance(value, list) and value and isinstance(value[0], str):
+                out[key] = [renamed.get(value[0], value[0]), *copy.deepcopy(value[1:])]
+            elif key in ("input_layers", "output_layers"):
+                out[key] = _renamed_refs(value, renamed)
+            else:
+                inner = (key == "config" and "class_name" in obj) or (isinstance(value, dict) and "class_name" in value)
+                out[key] = _renamed(value, renamed, inner)
+        return out
+    if isinstance(obj, list):
+        return [_renamed(v, renamed, isinstance(v, dict) and "class_name" in v) for v in obj]
+    return copy.deepcopy(obj)
+
+
+def _renamed_refs(refs: Any, renamed: dict) -> Any:
+    if _is_ref(refs):
+        return [renamed.get(refs[0], refs[0]), *copy.deepcopy(refs[1:])]
+    if isinstance(refs, list):
+        return [_renamed_refs(r, renamed) for r in refs]
+    if isinstance(refs, dict):
+        return {k: _renamed_refs(v, renamed) for k, v in refs.items()}
+    return copy.deepcopy(refs)
 
 
 def layer_entries(config: dict, prefix: str = "") -> list:
