@@ -93,14 +93,26 @@ def _np(x):
     return np.asarray(x, dtype=np.float64)
 
 
-def assert_close_rel(actual, expected, rtol):
-    """max|actual - expected| <= rtol * max|expected| (numpy arrays or torch tensors)."""
+def assert_close_rel(actual, expected, rtol) -> float:
+    """max|actual - expected| <= rtol * max|expected| (numpy arrays or torch tensors); returns that ratio."""
     a, e = _np(actual), _np(expected)
     assert a.shape == e.shape, f"shape {a.shape} != expected {e.shape}"
     scale = float(np.max(np.abs(e))) if e.size else 0.0
     err = float(np.max(np.abs(a - e))) if e.size else 0.0
     assert scale > 0, "reference output is all zeros: the comparison would prove nothing"
     assert err <= rtol * scale, f"max|a-b| = {err:.3g} > {rtol:g} * max|ref| ({scale:.3g}); rel {err / scale:.3g}"
+    return err / scale
+
+
+def record_zoo(table: str, row: str, column: str, rel_error: float) -> None:
+    """Note a zoo case's measured error for ``tools/zoo_table.py``, which renders ``docs/zoo.md`` from
+    what the tests themselves measured (only when it sets ``TKIO_ZOO_RECORD``; a no-op otherwise)."""
+    path = os.environ.get("TKIO_ZOO_RECORD")
+    if path:
+        import json
+
+        with open(path, "a") as f:
+            f.write(json.dumps({"table": table, "row": row, "column": column, "rel_error": rel_error}) + "\n")
 
 
 def keras_module(flavor: str):
@@ -140,3 +152,65 @@ def keras_then_ours(model, feed, path) -> tuple:
     got = as_list(tkio.load_model(path, compile=False).predict(feed))
     assert len(got) == len(ref)
     return ref, got
+
+
+def realistic_weights(module, calibration=None, seed: int = 0):
+    """Random weights at a trained network's scale for a torch module; returns it in eval mode.
+
+    torch's initial values (zero biases, betas, class tokens and position embeddings; unit gammas
+    and layer scales; BatchNorm statistics 0 and 1) make those tensors identities or no-ops, so an
+    export that drops, transposes or swaps them would still match. Here none is left constant:
+    He-normal conv/linear kernels (LeCun for attention's ``in_proj_weight``, keeping softmax soft),
+    BN/LN/GN gammas in [0.75, 1.25], all biases and betas N(0, 0.1), layer scales in [0.2, 1],
+    other tensors used in forward (class token, position embedding, bias tables) N(0, 0.3).
+    BatchNorm moving statistics: with ``calibration`` (an input batch), each BN's own input's in one
+    eval pass, perturbed, so deep networks give O(1) outputs and the normalisation is neither
+    vanishing nor the identity; without, means N(0, 0.1) and variances in [0.5, 1.5].
+    """
+    import math
+
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(seed)
+    norms = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+    def rand(shape, lo, hi):
+        return lo + (hi - lo) * torch.rand(shape, generator=g)
+
+    def calibrate(bn, args):  # a forward pre-hook: the statistics of the BN's input at inference
+        x = args[0]
+        dims = [d for d in range(x.dim()) if d != 1]
+        mean, var = x.mean(dims), x.var(dims, unbiased=False)
+        bn.running_mean.copy_(mean + 0.05 * var.sqrt() * torch.randn(mean.shape, generator=g))
+        bn.running_var.copy_(var * torch.exp(0.1 * torch.randn(var.shape, generator=g)))
+
+    with torch.no_grad():
+        for m in module.modules():
+            for name, p in m.named_parameters(recurse=False):
+                if isinstance(m, norms) and name == "weight":
+                    p.copy_(rand(p.shape, 0.75, 1.25))
+                elif name.endswith("bias"):
+                    p.copy_(0.1 * torch.randn(p.shape, generator=g))
+                elif name in ("weight", "in_proj_weight") and p.dim() >= 2:
+                    gain = 2.0 if name == "weight" else 1.0
+                    p.copy_(torch.randn(p.shape, generator=g) * math.sqrt(gain / p[0].numel()))
+                elif "scale" in name:
+                    p.copy_(rand(p.shape, 0.2, 1.0))
+                else:
+                    p.copy_(0.3 * torch.randn(p.shape, generator=g))
+            if calibration is None and isinstance(m, nn.modules.batchnorm._NormBase) and m.running_mean is not None:
+                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(rand(m.running_var.shape, 0.5, 1.5))
+        if calibration is not None:
+            bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            # eval mode, so downstream layers calibrate on what upstream ones give at inference (a
+            # train-mode pass normalises with batch statistics: perturbed afterwards, the drift grows
+            # through deep networks with squeeze-excitation gates, efficientnet's logits 100x)
+            hooks = [bn.register_forward_pre_hook(calibrate) for bn in bns]
+            try:
+                module.eval()(calibration)
+            finally:
+                for h in hooks:
+                    h.remove()
+    return module.eval()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import BOTH, ORACLE_WARNINGS, as_list, assert_close_rel, keras_module
+from conftest import BOTH, ORACLE_WARNINGS, as_list, assert_close_rel, keras_module, realistic_weights
 from torch import nn
 
 import torchkeras_io as tkio
@@ -110,24 +110,6 @@ class BranchyNet(nn.Module):
         return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def realistic(module: nn.Module, seed: int = 0) -> nn.Module:
-    """He-normal kernels, random biases, BN with random gamma/beta and moving statistics; eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    return module.eval()
-
-
 CASES = {
     "two_input_two_head": (TwoInputTwoHead, [(4,), (6,)]),
     "shared_encoder": (SharedEncoder, [(6,), (6,)]),
@@ -165,7 +147,7 @@ def saved(tmp_path_factory):
     out = {}
     for name, (factory, shape) in CASES.items():
         torch.manual_seed(0)
-        module = realistic(factory())
+        module = realistic_weights(factory())
         base = tmp_path_factory.mktemp(name)
         for ext in ("h5", "keras"):
             tkio.save_model(module, base / f"m.{ext}", input_shape=shape)
@@ -346,7 +328,7 @@ def test_layers_that_feed_no_output_are_left_out(tmp_path):
             self.unused(x)
             return self.used(x)
 
-    module = realistic(DeadBranch())
+    module = realistic_weights(DeadBranch())
     with pytest.warns(tkio.TorchKerasIOWarning, match=r"\['unused'\] feed no output"):
         tkio.save_model(module, tmp_path / "d.h5", input_shape=(4,))
     xs = _inputs((4,))
@@ -378,7 +360,7 @@ class Scores(nn.Module):
 
 @pytest.mark.parametrize(("factory", "cls"), [(Attend, "MultiHeadAttention"), (Scores, "TFOpLambda")])
 def test_h5_that_keras3_cannot_read_says_keras_does(tmp_path, factory, cls):
-    module = realistic(factory())
+    module = realistic_weights(factory())
     with pytest.warns(tkio.TorchKerasIOWarning, match=rf"a\.h5: Keras 3 cannot rebuild {cls}.*'\.keras'"):
         tkio.save_model(module, tmp_path / "a.h5", input_shape=(5, 8))
     tkio.save_model(module, tmp_path / "a.keras", input_shape=(5, 8))
@@ -400,7 +382,7 @@ def test_torchvision_branching_models_load_in_both_kerases(arch, tmp_path):
 
     torch.manual_seed(0)
     kwargs = {"aux_logits": False, "init_weights": True} if arch == "googlenet" else {}
-    module = realistic(getattr(torchvision.models, arch)(**kwargs))
+    module = realistic_weights(getattr(torchvision.models, arch)(**kwargs))
     xs = _inputs((3, 64, 64))
     refs = _torch_outputs(module, xs)
     for ext, oracles in (("h5", BOTH), ("keras", ("keras3",))):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import math
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import BOTH, ORACLE_WARNINGS, assert_close_rel, keras_module
+from conftest import BOTH, ORACLE_WARNINGS, assert_close_rel, keras_module, realistic_weights, record_zoo
 from torch import nn
 
 import torchkeras_io as tkio
@@ -23,45 +22,6 @@ RTOL = 1e-4
 
 
 # ----------------------------------------------------------------------------------- helpers
-def realistic(model: nn.Module, calibration: torch.Tensor, seed: int = 0) -> nn.Module:
-    """Weights like a trained network's, so that outputs are O(1) and a wrong export cannot hide.
-
-    He-normal conv/linear kernels; every other parameter (BN gamma/beta, biases, zero-initialised
-    heads) random; BatchNorm moving statistics measured on a batch and then perturbed, so
-    normalisation neither vanishes nor is the identity.
-    """
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            for name, p in m.named_parameters(recurse=False):
-                if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and name == "weight":
-                    p.copy_(torch.randn(p.shape, generator=g) * math.sqrt(2.0 / p[0].numel()))
-                elif isinstance(m, nn.modules.batchnorm._BatchNorm) and name == "weight":
-                    p.copy_(0.75 + 0.5 * torch.rand(p.shape, generator=g))
-                else:
-                    p.copy_(0.1 * torch.randn(p.shape, generator=g))
-        norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        # one eval-mode pass in which each BatchNorm first takes the statistics of its own input,
-        # perturbed: downstream layers calibrate on what upstream ones really give at inference (a
-        # train-mode pass normalises with batch statistics, and perturbing afterwards drifts
-        # through deep networks with squeeze-excitation gates: efficientnet's logits grow 100x)
-        hooks = [m.register_forward_pre_hook(functools.partial(_calibrate, g)) for m in norms]
-        try:
-            model.eval()(calibration)
-        finally:
-            for h in hooks:
-                h.remove()
-    return model.eval()
-
-
-def _calibrate(g: torch.Generator, bn: nn.Module, args) -> None:
-    x = args[0]
-    dims = [d for d in range(x.dim()) if d != 1]
-    mean, var = x.mean(dims), x.var(dims, unbiased=False)
-    bn.running_mean.copy_(mean + 0.05 * var.sqrt() * torch.randn(mean.shape, generator=g))
-    bn.running_var.copy_(var * torch.exp(0.1 * torch.randn(var.shape, generator=g)))
-
-
 def export_both(module: nn.Module, input_shape, tmp_path, name: str = "m") -> dict:
     """{oracle: file} for the module exported as .h5 (tf-keras) and .keras (Keras 3)."""
     h5, k3 = tmp_path / f"{name}.h5", tmp_path / f"{name}.keras"
@@ -126,7 +86,8 @@ def zoo_files(tmp_path_factory):
             torch.manual_seed(0)
             model = getattr(tvm, name)(weights=None, **kwargs)
             gen = torch.Generator().manual_seed(1)
-            realistic(model, torch.randn((32, 3, size, size), generator=gen))  # 8 leave efficientnet's logits ~20
+            calibration = torch.randn((32, 3, size, size), generator=gen)  # 8 leave efficientnet's logits ~20
+            realistic_weights(model, calibration)
             x = torch.randn((2, 3, size, size), generator=gen)
             with torch.no_grad():
                 ref32 = model(x).numpy()
@@ -148,7 +109,7 @@ def test_torchvision_classifier_matches(zoo_files, name, oracle):
     # the reference is a real signal: O(1) logits that differ between the two samples
     assert 0.2 < float(ref.std()) < 20, ref.std()
     assert float(np.abs(ref[0] - ref[1]).max()) > 0.1 * float(np.abs(ref).max())
-    assert_close_rel(keras_predict(files[oracle], oracle, x), ref, RTOL)
+    record_zoo("torchvision", name, oracle, assert_close_rel(keras_predict(files[oracle], oracle, x), ref, RTOL))
 
 
 # ---------------------------------------------------------------- subclasses that change forward

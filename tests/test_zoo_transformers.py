@@ -1,12 +1,10 @@
 """torchvision ConvNeXt, ViT and Swin (and their ops, parameters as weights) export to files both Kerases run as torch does."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import BOTH, ORACLE_WARNINGS, assert_close_rel, keras_module
+from conftest import BOTH, ORACLE_WARNINGS, assert_close_rel, keras_module, realistic_weights, record_zoo
 from torch import nn
 
 import torchkeras_io as tkio
@@ -19,31 +17,6 @@ swin = pytest.importorskip("torchvision.models.swin_transformer")
 from torchvision.ops.misc import Permute  # noqa: E402
 
 SUFFIX = {"tf_keras": ".h5", "keras3": ".keras"}
-
-
-# ------------------------------------------------------------------------------ realistic weights
-def realistic(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Weights like a trained network's, none left at its constant initialisation: He-normal
-    (truncated) kernels, LayerNorm gammas around 1 and betas, biases, layer scales, class token,
-    position embedding and relative position bias table all random; zero-initialised heads too."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
-            if isinstance(owner, nn.LayerNorm) and leaf == "weight":
-                p.copy_(torch.empty(p.shape).uniform_(0.5, 1.5, generator=g))
-            elif leaf == "layer_scale":
-                p.copy_(torch.empty(p.shape).uniform_(0.2, 1.0, generator=g))
-            elif p.dim() >= 2 and leaf in ("weight", "in_proj_weight"):
-                fan_in = math.prod(p.shape[1:])
-                std = math.sqrt(2.0 / fan_in) if leaf == "weight" else math.sqrt(1.0 / fan_in)
-                p.copy_(torch.nn.init.trunc_normal_(torch.empty(p.shape), std=std, a=-2 * std, b=2 * std, generator=g))
-            elif leaf in ("bias", "in_proj_bias"):  # biases and betas: small, as trained ones are
-                p.copy_(torch.empty(p.shape).normal_(0.0, 0.05, generator=g))
-            else:  # class token, position embedding, relative position bias tables
-                p.copy_(torch.empty(p.shape).normal_(0.0, 0.3, generator=g))
-    return module.eval()
 
 
 def _feed(shape: tuple, seed: int = 1) -> np.ndarray:
@@ -94,7 +67,7 @@ def exported(tmp_path_factory):
     out = {}
     for name, (factory, shape) in MODELS.items():
         torch.manual_seed(0)
-        module = realistic(factory())
+        module = realistic_weights(factory())
         paths = {}
         for flavor, suffix in SUFFIX.items():
             paths[flavor] = root / f"{name}{suffix}"
@@ -295,7 +268,7 @@ def exported_ops(tmp_path_factory):
     out = {}
     for name, (factory, shape) in OPS.items():
         torch.manual_seed(0)
-        module = realistic(factory())
+        module = realistic_weights(factory())
         paths = {flavor: root / f"{name}{suffix}" for flavor, suffix in SUFFIX.items()}
         for path in paths.values():
             tkio.save_model(module, path, input_shape=shape)
@@ -319,7 +292,7 @@ def test_forms_of_each_op_in_each_dialect():
 
     from torchkeras_io._keras.keras3 import to_keras3
 
-    config = json.loads(tkio.to_json(realistic(WindowAttention()), input_shape=(8, 7, 6)))
+    config = json.loads(tkio.to_json(realistic_weights(WindowAttention()), input_shape=(8, 7, 6)))
     functions = {e["config"]["function"] for e in config["config"]["layers"] if e["class_name"] == "TFOpLambda"}
     assert functions == {"linalg.matmul", "gather", "roll", "math.add"}
     k3 = to_keras3(config)
@@ -356,18 +329,22 @@ def test_parameter_weights_load_back_bit_exact(exported_ops, tmp_path):
 
 
 # --------------------------------------------------------------------------------- full size, slow
+#: torchvision's own models at full size, and the smallest input each allows
+FULL_SIZE = {"convnext_tiny": 32, "vit_b_16": 224, "swin_t": 224}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("flavor", BOTH)
-@pytest.mark.parametrize(("factory", "side"), [("convnext_tiny", 32), ("vit_b_16", 224), ("swin_t", 224)])
+@pytest.mark.parametrize(("factory", "side"), list(FULL_SIZE.items()))
 def test_full_size_torchvision_models(factory, side, flavor, tmp_path):
     import torchvision
 
     torch.manual_seed(0)
-    module = realistic(getattr(torchvision.models, factory)(num_classes=10))
+    module = realistic_weights(getattr(torchvision.models, factory)(num_classes=10))
     shape = (3, side, side)
     path = tmp_path / f"m{SUFFIX[flavor]}"
     tkio.save_model(module, path, input_shape=shape)
     x = _feed(shape)
     ref = _torch(module, x)
     _check_reference(ref)
-    assert_close_rel(_keras_predict(flavor, path, x), ref, 1e-4)
+    record_zoo("torchvision", factory, flavor, assert_close_rel(_keras_predict(flavor, path, x), ref, 1e-4))
