@@ -24,7 +24,7 @@ from ._adapters.v3vars import groups_for, infer_groups, split
 from ._atomic import atomic_write_path
 from ._h5format import FileLayer, WeightsReader, load_attributes, save_attributes
 from ._keras.graph import KerasGraph
-from ._keras.keras3 import keras_snake, layer_entries, legal_names, to_keras3
+from ._keras.keras3 import keras3_unreadable, keras_snake, layer_entries, legal_names, to_keras3
 from ._keras.order import in_keras_order
 from ._optim import TORCH_GROUP, keras_variables, restore_training, save_training
 from ._plan import plan
@@ -41,7 +41,7 @@ from ._v3format import (
     write_sharded,
     write_store,
 )
-from .errors import FileFormatError, TorchKerasIOError, WeightMismatchError
+from .errors import FileFormatError, TorchKerasIOError, UnsupportedLayerError, WeightMismatchError
 
 TOP_LEVEL = "top_level_model_weights"
 KERAS3_VERSION = "3.15.1"  # the Keras 3 dialect our .keras files follow
@@ -346,6 +346,15 @@ def save_keras_model(module, filepath, config: dict, sources, *, optimizer=None,
     # Keras 3 forbids tf-keras's '/' in names ("conv1/conv"): the file names such layers anew, in
     # its config and in its store alike (the layers' paths do not change)
     config3, renamed = legal_names(to_keras3(config))
+    unreadable = keras3_unreadable(config3)
+    if unreadable:  # our loader rebuilds these, Keras 3 does not: the proof below would pass them
+        name, cls, function = unreadable[0]
+        what = f"{cls} '{function}'" if function else cls
+        raise UnsupportedLayerError(
+            f"Keras 3 cannot deserialize layer '{name}' ({what}): keras.ops has no equivalent for it"
+            + (f" (and {len(unreadable) - 1} more such layers)" if len(unreadable) > 1 else "")
+            + "; save the model under an '.h5' name for tf-keras instead; nothing was written",
+            layer=name, filepath=filepath)  # fmt: skip
     origins = {renamed.get(k, k): v for k, v in (origins or {}).items()}
     # listed as Keras 3 rebuilds model.layers (a fixed point): the store paths below, numbered in
     # this order, are the ones Keras 3 gives each layer, so same-class siblings are never swapped

@@ -319,7 +319,8 @@ _TF_UNARY = {
 _TF_BINARY = {
     "math.add": torch.add, "__operators__.add": torch.add, "math.add_v2": torch.add,
     "math.subtract": torch.sub, "math.multiply": torch.mul, "math.divide": torch.true_divide,
-    "math.truediv": torch.true_divide, "math.floordiv": torch.floor_divide, "math.maximum": torch.maximum,
+    "math.truediv": torch.true_divide, "math.floordiv": torch.floor_divide,
+    "compat.v1.floor_div": torch.floor_divide, "math.maximum": torch.maximum,
     "math.minimum": torch.minimum, "math.pow": torch.pow, "math.squared_difference": lambda a, b: (a - b) ** 2,
     "math.greater": torch.gt, "math.greater_equal": torch.ge, "math.less": torch.lt, "math.less_equal": torch.le,
     "math.equal": torch.eq, "math.not_equal": torch.ne, "math.logical_and": torch.logical_and,

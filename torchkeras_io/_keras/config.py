@@ -46,6 +46,7 @@ class LayerDef:
     config: dict
     calls: list = dataclasses.field(default_factory=list)
     model: Optional[ModelDef] = None  # for nested Sequential / Functional models
+    module: Optional[str] = None  # Keras 3's "module": tells a keras.ops node from a layer of the same class name
 
 
 @dataclasses.dataclass
@@ -400,7 +401,8 @@ def _layer(entry: dict, generation: int, depth: int) -> LayerDef:
     name = entry.get("name") or cfg.get("name")
     if not isinstance(name, str) or not name:
         raise _fail(f"a '{class_name}' layer has no name")
-    return LayerDef(class_name, name, cfg)
+    module = entry.get("module")
+    return LayerDef(class_name, name, cfg, module=module if isinstance(module, str) else None)
 
 
 def _sequential(cfg: Any, generation: int, depth: int) -> ModelDef:

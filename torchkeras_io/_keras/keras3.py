@@ -136,6 +136,8 @@ def _layer_config(class_name: str, cfg: dict) -> tuple:
     cfg.pop("batch_input_shape", None)
     if isinstance(cfg.get("axis"), list) and len(cfg["axis"]) == 1 and class_name == "BatchNormalization":
         cfg["axis"] = cfg["axis"][0]
+    if class_name == "DepthwiseConv2D":
+        cfg.pop("groups", None)  # tf-keras's Conv base writes groups=1; Keras 3's DepthwiseConv2D rejects it
     if class_name == "MultiHeadAttention":
         shapes = {k: cfg.pop(k) for k in ("query_shape", "value_shape", "key_shape") if k in cfg}
         if shapes.get("query_shape") is not None:
@@ -191,6 +193,27 @@ def to_keras3(config: dict) -> dict:
             cfg[key] = refs[0] if len(refs) == 1 else refs
     return {"module": "keras.src.models.functional", "class_name": "Functional", "config": cfg,
             "registered_name": "Functional"}  # fmt: skip
+
+
+#: tf-keras layer classes that Keras 3 has no class for (its TensorFlow-call layers)
+TF_KERAS_ONLY = ("TFOpLambda", "SlicingOpLambda", "ClassMethod", "InstanceMethod", "InstanceProperty",
+                 "TensorFlowOpLayer")  # fmt: skip
+
+
+def keras3_unreadable(config3: dict) -> list:
+    """``[(layer name, class name, tf function or None)]`` for each layer of a Keras 3 config
+    (:func:`to_keras3`; nested models' too) whose class Keras 3 cannot deserialize: a
+    ``TFOpLambda`` with no ``keras.ops`` form (:mod:`.ops_export`), another tf-keras-only layer."""
+    out = []
+    cfg = config3.get("config", {})
+    for entry in cfg.get("layers", []) if isinstance(cfg, dict) else []:
+        cls = entry.get("class_name")
+        if cls in MODEL_CLASSES:
+            out += keras3_unreadable(entry)
+        elif cls in TF_KERAS_ONLY:
+            c = entry.get("config", {})
+            out.append((entry.get("name", c.get("name")), cls, c.get("function")))
+    return out
 
 
 def _object_names(obj: Any, out: list) -> list:
