@@ -128,6 +128,17 @@ def as_list(x) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
+def assert_outputs_close(got, ref, rtol) -> None:
+    """:func:`assert_close_rel` for each output of a model of one or several outputs, naming the one that differs."""
+    got, ref = as_list(got), as_list(ref)
+    assert len(got) == len(ref), f"{len(got)} outputs, expected {len(ref)}"
+    for i, (g, r) in enumerate(zip(got, ref)):
+        try:
+            assert_close_rel(np.asarray(g), np.asarray(r), rtol)
+        except AssertionError as exc:
+            raise AssertionError(f"output #{i}: {exc}") from None
+
+
 def randomize_keras_weights(model, rng: np.random.Generator) -> None:
     """Non-trivial weights for a Keras model: positive variances, gammas of both signs, the rest N(0, 0.5)."""
     values = []

@@ -8,7 +8,12 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import ORACLE_WARNINGS, as_list, assert_close_rel, keras_module, randomize_keras_weights
+from conftest import (
+    ORACLE_WARNINGS,
+    assert_outputs_close,
+    keras_module,
+    randomize_keras_weights,
+)
 
 import torchkeras_io as tkio
 from torchkeras_io.errors import TorchKerasIOWarning
@@ -70,13 +75,7 @@ def _build(flavor, name, seed):
 
 
 def _close(got, ref):
-    got, ref = as_list(got), as_list(ref)
-    assert len(got) == len(ref)
-    for i, (g, r) in enumerate(zip(got, ref)):
-        try:
-            assert_close_rel(np.asarray(g), np.asarray(r), RTOL)
-        except AssertionError as exc:
-            raise AssertionError(f"output #{i}: {exc}") from None
+    assert_outputs_close(got, ref, RTOL)
 
 
 def _nested_refs(path) -> list:

@@ -8,7 +8,13 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import ORACLE_WARNINGS, as_list, assert_close_rel, keras_module, randomize_keras_weights
+from conftest import (
+    ORACLE_WARNINGS,
+    as_list,
+    assert_outputs_close,
+    keras_module,
+    randomize_keras_weights,
+)
 
 import torchkeras_io as tkio
 from torchkeras_io.errors import UnsupportedLayerError
@@ -101,13 +107,7 @@ def _layers(path) -> list:
 
 
 def _close(got, ref):
-    got, ref = as_list(got), as_list(ref)
-    assert len(got) == len(ref)
-    for i, (g, r) in enumerate(zip(got, ref)):
-        try:
-            assert_close_rel(np.asarray(g), np.asarray(r), TOL)
-        except AssertionError as exc:
-            raise AssertionError(f"output #{i}: {exc}") from None
+    assert_outputs_close(got, ref, TOL)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
