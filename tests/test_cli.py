@@ -17,6 +17,7 @@ import torch
 
 import torchkeras_io as tkio
 from torchkeras_io import cli
+from torchkeras_io._formats.legacy_h5 import WeightsReader
 from torchkeras_io._tensors import bits_equal
 
 CORPUS = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "files"
@@ -144,7 +145,7 @@ def test_inspect_corpus_files(capsys):
     path = CORPUS / "Anmol6__kaggle-seizure-competition__models_LSTMSpectro_P3_test3.h5"  # Keras 1.1.1
     code, info = run_json(capsys, "inspect", path)
     assert code == 0 and info["format"] == "h5-model" and info["keras_version"] == "1.1.1"
-    with tkio._h5format.WeightsReader(path) as reader:
+    with WeightsReader(path) as reader:
         names = reader.layer_names
         n = sum(len(reader.layer(name).weights) for name in names)
     assert [x["name"] for x in info["layers"]] == names and info["num_weights"] == n
@@ -157,7 +158,7 @@ def test_inspect_every_corpus_file(capsys):
         code, info = run_json(capsys, "inspect", path)
         assert code == 0, path
         if info["format"].startswith("h5-"):
-            with tkio._h5format.WeightsReader(path) as reader:
+            with WeightsReader(path) as reader:
                 assert [x["name"] for x in info["layers"]][: len(reader.layer_names)] == reader.layer_names
                 assert info["num_weights"] >= sum(len(reader.layer(n).weights) for n in reader.layer_names)
 

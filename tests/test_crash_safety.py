@@ -348,7 +348,7 @@ def test_stale_temp_of_live_writer_is_kept(tmp_path):
     import torch.nn as nn
 
     import torchkeras_io as tkio
-    from torchkeras_io import _atomic
+    from torchkeras_io._formats import atomic as _atomic
 
     prefix = _atomic._tmp_prefix(CKPT)
     live = tmp_path / (prefix.replace(f"-{os.getpid()}-", f"-{os.getppid()}-") + "abc.tmp")

@@ -17,7 +17,7 @@ from test_export import BATCH_AXIS, CASES, INT_INPUTS, _case_io, _inputs, _prepa
 from torch import nn
 
 import torchkeras_io as tkio
-from torchkeras_io import _v3format
+from torchkeras_io._formats import keras3 as _v3format
 
 keras = keras_module("keras3")
 CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpus", "files")

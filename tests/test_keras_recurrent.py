@@ -19,7 +19,7 @@ from conftest import ORACLE_WARNINGS, assert_close_rel, keras_module
 from torch import nn
 
 import torchkeras_io as tkio
-from torchkeras_io._adapters.recurrent import (
+from torchkeras_io._layers.recurrent import (
     KerasGRU,
     KerasLSTM,
     KerasRecurrent,

@@ -198,7 +198,7 @@ def test_failed_save_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
     tkio.save_weights(good, path)
     before = path.read_bytes()
 
-    from torchkeras_io import _h5format
+    from torchkeras_io._formats import legacy_h5 as _h5format
 
     def boom(*a, **k):
         raise OSError("disk full (simulated)")

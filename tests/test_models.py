@@ -12,7 +12,7 @@ from conftest import assert_close_rel
 from torch import nn
 
 import torchkeras_io as tkio
-from torchkeras_io._keras.graph import KerasGraph
+from torchkeras_io._graph.graph import KerasGraph
 
 tf_keras = pytest.importorskip("tf_keras")
 

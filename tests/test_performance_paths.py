@@ -27,7 +27,7 @@ from conftest import ORACLE_WARNINGS, assert_close_rel, keras_module
 from torch import nn
 
 import torchkeras_io as tkio
-from torchkeras_io._h5format import WeightsReader, _Rows, _Writer
+from torchkeras_io._formats.legacy_h5 import WeightsReader, _Rows, _Writer
 from torchkeras_io._tensors import Transfer, _device_blocks, _in_root_order, _load_blocks_to_device
 from torchkeras_io.errors import FileFormatError, TorchKerasIOError
 
@@ -263,8 +263,8 @@ def test_offsets_past_4_gib(tmp_path):
         space = h5py.h5s.create_simple(big_shape)
         pad = f.create_group("padding")
         h5py.h5d.create(pad.id, b"big", h5py.h5t.NATIVE_FLOAT, space, dcpl=dcpl)
-        from torchkeras_io._h5format import LayerRecord, write_weights_group
-        from torchkeras_io._plan import plan
+        from torchkeras_io._engine.plan import plan
+        from torchkeras_io._formats.legacy_h5 import LayerRecord, write_weights_group
 
         slots, _ = plan(src)
         write_weights_group(f, [LayerRecord(s.name, s.layer.weights, s.layer.extras) for s in slots])
@@ -353,7 +353,7 @@ def test_progress_bar_counts_every_byte(tmp_path, monkeypatch):
     out = err.getvalue()
     assert "load_weights" in out and "100%" in out
     assert _state_equal(src, dst)
-    from torchkeras_io._progress import progress_bar
+    from torchkeras_io._engine.progress import progress_bar
 
     bar = progress_bar(True, total, "x")
     bar.update(total)
@@ -368,7 +368,7 @@ def test_progress_auto_and_off(tmp_path, monkeypatch):
     tkio.save_weights(_model(0), tmp_path / "w.h5", progress=False)
     tkio.load_weights(_model(1), tmp_path / "w.h5")
     assert err.getvalue() == ""
-    from torchkeras_io import _progress
+    from torchkeras_io._engine import progress as _progress
 
     class Tty(io.StringIO):
         def isatty(self):

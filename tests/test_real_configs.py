@@ -252,7 +252,7 @@ def test_tfop_model_loaded_on_cuda(tfop_file):
 
 
 def test_module_device_and_dtype_look_at_buffers():
-    from torchkeras_io._export import _module_device
+    from torchkeras_io._graph.export import _module_device
 
     buffers_only = torch.nn.BatchNorm1d(3, affine=False).double().to("meta")
     assert _module_device(buffers_only).type == "meta"

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import torchkeras_io as tkio
-from torchkeras_io._plan import plan
+from torchkeras_io._engine.plan import plan
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 

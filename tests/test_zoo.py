@@ -14,8 +14,8 @@ from conftest import BOTH, ORACLE_WARNINGS, assert_close_rel, keras_module, real
 from torch import nn
 
 import torchkeras_io as tkio
-from torchkeras_io._adapters.registry import exporter_for
-from torchkeras_io._export import export_config
+from torchkeras_io._graph.export import export_config
+from torchkeras_io._layers.registry import exporter_for
 
 pytestmark = [*ORACLE_WARNINGS]
 RTOL = 1e-4

@@ -11,7 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from torchkeras_io import _adapters, _optim
-from torchkeras_io._adapters.registry import BUILDERS, EXPORTERS
+from torchkeras_io._layers.registry import BUILDERS, EXPORTERS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 

@@ -1,10 +1,9 @@
 """torchkeras_io: Keras checkpoints and file formats for PyTorch models."""
 
-__version__ = "0.1.0"
-
-from . import distributed, losses, metrics  # noqa: E402
-from .distributed import load_weights_distributed, save_model_distributed, save_weights_distributed  # noqa: E402
-from .errors import (  # noqa: E402
+from torchkeras_io import distributed, losses, metrics
+from torchkeras_io._version import __version__ as __version__
+from torchkeras_io.distributed import load_weights_distributed, save_model_distributed, save_weights_distributed
+from torchkeras_io.errors import (
     CheckpointExistsError,
     CheckpointWriteError,
     FileFormatError,
@@ -13,10 +12,10 @@ from .errors import (  # noqa: E402
     UnsupportedLayerError,
     WeightMismatchError,
 )
-from .models import History, Model, load_model, model_from_json, model_from_yaml  # noqa: E402
-from .registration import register_serializable  # noqa: E402
-from .saving import save_model, to_json, to_yaml  # noqa: E402
-from .weights import LoadReport, Mismatch, load_weights, save_weights  # noqa: E402
+from torchkeras_io.models import History, Model, load_model, model_from_json, model_from_yaml
+from torchkeras_io.registration import register_serializable
+from torchkeras_io.saving import save_model, to_json, to_yaml
+from torchkeras_io.weights import LoadReport, Mismatch, load_weights, save_weights
 
 __all__ = [
     "CheckpointExistsError",

@@ -24,11 +24,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from . import errors
-from .errors import TorchKerasIOError
-from .saving import _unwrap as _unwrap_model
-from .saving import save_model
-from .weights import LoadReport, Mismatch, load_weights, save_weights
+from torchkeras_io import errors
+from torchkeras_io.errors import TorchKerasIOError
+from torchkeras_io.saving import _unwrap as _unwrap_model
+from torchkeras_io.saving import save_model
+from torchkeras_io.weights import LoadReport, Mismatch, load_weights, save_weights
 
 PathLike = Union[str, os.PathLike]
 

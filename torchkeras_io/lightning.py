@@ -14,10 +14,10 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from . import distributed
-from .errors import TorchKerasIOError, TorchKerasIOWarning
-from .saving import save_model
-from .weights import save_weights
+from torchkeras_io import distributed
+from torchkeras_io.errors import TorchKerasIOError, TorchKerasIOWarning
+from torchkeras_io.saving import save_model
+from torchkeras_io.weights import save_weights
 
 try:
     from lightning.pytorch import Callback

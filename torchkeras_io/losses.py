@@ -16,7 +16,7 @@ from typing import Callable, Optional, Union
 import torch
 import torch.nn.functional as F
 
-from .errors import TorchKerasIOError, TorchKerasIOWarning
+from torchkeras_io.errors import TorchKerasIOError, TorchKerasIOWarning
 
 EPSILON = 1e-7  # keras.backend.epsilon()
 

@@ -14,8 +14,8 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from . import losses
-from .errors import TorchKerasIOError, TorchKerasIOWarning
+from torchkeras_io import losses
+from torchkeras_io.errors import TorchKerasIOError, TorchKerasIOWarning
 
 
 def _labels(y_true, y_pred: torch.Tensor) -> torch.Tensor:

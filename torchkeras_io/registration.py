@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 from torch import nn
 
-from .errors import TorchKerasIOError
+from torchkeras_io.errors import TorchKerasIOError
 
 _REGISTRY: dict = {}
 

@@ -13,29 +13,29 @@ import h5py
 import torch
 from torch import nn
 
-from . import __version__
-from ._adapters import FileInfo
-from ._atomic import atomic_write_path
-from ._export import KERAS_VERSION, export_config
-from ._h5format import FileLayer, LayerRecord, write_weights_group
-from ._keras.config import generation_of
-from ._keras.graph import KerasGraph
-from ._keras.order import ConfigGraphError, in_keras_order, layer_order
-from ._optim import keras_variables, save_training
-from ._plan import plan
-from ._progress import check_compression, progress_bar, tensor_bytes
-from ._v3format import chosen_format
-from ._v3io import KERAS3_VERSION, flat_layer_names, save_keras_model
-from .errors import TorchKerasIOError, TorchKerasIOWarning, UnsupportedLayerError, WeightMismatchError
-from .registration import registered_name
-from .weights import _fit, _target
+from torchkeras_io._engine.keras3 import KERAS3_VERSION, flat_layer_names, save_keras_model
+from torchkeras_io._engine.optim import keras_variables, save_training
+from torchkeras_io._engine.plan import plan
+from torchkeras_io._engine.progress import check_compression, progress_bar, tensor_bytes
+from torchkeras_io._formats.atomic import atomic_write_path
+from torchkeras_io._formats.keras3 import chosen_format
+from torchkeras_io._formats.legacy_h5 import FileLayer, LayerRecord, write_weights_group
+from torchkeras_io._graph.export import KERAS_VERSION, export_config
+from torchkeras_io._graph.graph import KerasGraph
+from torchkeras_io._keras.config import generation_of
+from torchkeras_io._keras.order import ConfigGraphError, in_keras_order, layer_order
+from torchkeras_io._layers import FileInfo
+from torchkeras_io._version import __version__
+from torchkeras_io.errors import TorchKerasIOError, TorchKerasIOWarning, UnsupportedLayerError, WeightMismatchError
+from torchkeras_io.registration import registered_name
+from torchkeras_io.weights import _fit, _target
 
 InputShape = Union[tuple, list, None]
 BatchAxis = Union[int, Sequence[int]]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    from .models import Model
+    from torchkeras_io.models import Model
 
     return model.module if isinstance(model, Model) else model
 
@@ -134,7 +134,7 @@ def save_model(model: nn.Module, filepath: Union[str, os.PathLike], *, optimizer
     with '_' for '/' (``conv1_conv``; numbered ``_1``, … where that name is taken), in its config
     and its weights store alike.
     """
-    from .models import Model
+    from torchkeras_io.models import Model
 
     gzip_level = check_compression(compression, compression_opts)
 
@@ -252,7 +252,7 @@ def _proof_graph(config: dict, keras_version: Optional[str]) -> KerasGraph:
     initializing them). A builder that needs the values of a tensor it made (a constant read back
     while building) cannot run on ``meta``: for such a config, and to tell a genuine error from
     one of ``meta``'s, the build is done again on the CPU, as before, and its outcome stands."""
-    from .models import _build
+    from torchkeras_io.models import _build
 
     try:
         with torch.device("meta"):

@@ -11,16 +11,22 @@ import h5py
 import torch
 from torch import nn
 
-from . import __version__
-from ._adapters import FileInfo
-from ._atomic import atomic_write_path
-from ._h5format import LayerRecord, write_weights_group
-from ._plan import LayerNames, Slot, plan
-from ._progress import check_compression, progress_bar, tensor_bytes
-from ._tensors import Transfer
-from ._v3format import chosen_format
-from ._v3io import open_weights, write_module_shards, write_module_weights
-from .errors import FileFormatError, TorchKerasIOError, TorchKerasIOWarning, WeightMismatchError, _h5_errors
+from torchkeras_io._engine.keras3 import open_weights, write_module_shards, write_module_weights
+from torchkeras_io._engine.plan import LayerNames, Slot, plan
+from torchkeras_io._engine.progress import check_compression, progress_bar, tensor_bytes
+from torchkeras_io._formats.atomic import atomic_write_path
+from torchkeras_io._formats.keras3 import chosen_format
+from torchkeras_io._formats.legacy_h5 import LayerRecord, write_weights_group
+from torchkeras_io._layers import FileInfo
+from torchkeras_io._tensors import Transfer
+from torchkeras_io._version import __version__
+from torchkeras_io.errors import (
+    FileFormatError,
+    TorchKerasIOError,
+    TorchKerasIOWarning,
+    WeightMismatchError,
+    _h5_errors,
+)
 
 Device = Union[str, torch.device, None]
 
@@ -347,9 +353,9 @@ def _check_keras_pairing(module: nn.Module, reader, file_layers: dict, filepath:
     A ``.keras`` archive pairs by store path (``layers/conv2d_1``), numbered in that same order; an
     archive we wrote numbered in another order still names each layer in its store, and is read
     by those names."""
-    from ._h5format import WeightsReader
-    from ._keras.order import layer_order
-    from ._v3io import V3WeightsReader
+    from torchkeras_io._engine.keras3 import V3WeightsReader
+    from torchkeras_io._formats.legacy_h5 import WeightsReader
+    from torchkeras_io._keras.order import layer_order
 
     if isinstance(reader, V3WeightsReader):
         return _renamed_by_store(reader, file_layers, filepath)

@@ -16,7 +16,7 @@ import dataclasses
 import json
 from typing import Any, Optional, Union
 
-from ..errors import FileFormatError
+from torchkeras_io.errors import FileFormatError
 
 MAX_DEPTH = 64  # nested models / wrappers; deeper configs are refused, not recursed into
 MAX_VALUE_DEPTH = 512  # objects and lists inside one layer config (a wrapped model adds a few per level)
@@ -187,7 +187,7 @@ def _dtype_name(dtype: Any) -> Optional[str]:
 
 def _known_registered(class_name: str) -> bool:
     """A "Package>Name" that a builder handles by that exact name (see _adapters/applications.py)."""
-    from .._adapters.registry import BUILDERS
+    from torchkeras_io._layers.registry import BUILDERS
 
     return ">" in class_name and class_name in BUILDERS
 

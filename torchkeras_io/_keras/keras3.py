@@ -17,8 +17,8 @@ import copy
 import re
 from typing import Any, Optional
 
-from .ops_export import keras3_op
-from .order import layer_order
+from torchkeras_io._keras.ops_export import keras3_op
+from torchkeras_io._keras.order import layer_order
 
 MODEL_CLASSES = ("Sequential", "Functional", "Model")
 _OBJECT_MODULES = {"_initializer": "keras.initializers", "_regularizer": "keras.regularizers",

@@ -196,7 +196,7 @@ def keras3_op(entry: dict, nested: dict, converted: dict) -> dict:
     (what :func:`.keras3.to_keras3` made: still a ``TFOpLambda``, which the writer refuses)."""
     if entry.get("class_name") != "TFOpLambda":
         return converted
-    from .keras3 import _is_ref, _tensor
+    from torchkeras_io._keras.keras3 import _is_ref, _tensor
 
     function = entry["config"].get("function")
     function = function[3:] if isinstance(function, str) and function.startswith("tf.") else function
