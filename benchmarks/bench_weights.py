@@ -18,6 +18,9 @@ torch.save and safetensors do not, so their fsync is timed separately and shown 
     python benchmarks/bench_weights.py --small          # 1000 Linear(32, 32): 2,000 tiny tensors
     python benchmarks/bench_weights.py --quick --compression gzip   # save_weights(compression=...)
     python benchmarks/bench_weights.py --by-name 2 --cold   # load 2 layers by name vs all: time, bytes read
+    python benchmarks/bench_weights.py --targets --size-gb 1.5 --repeat 3   # both cases + issue 15's targets
+    python benchmarks/bench_weights.py --targets --device cuda   # the model on the GPU (CUDA memory too)
+    python benchmarks/bench_weights.py --assign   # loads materialise a model built on the meta device
 
 ``--by-name K`` saves the model once with save_weights, then alternates a full load_weights with
 a ``by_name=True`` load into a module holding only the last K layers, and reports time and the
@@ -48,6 +51,7 @@ LABELS = {
     ("load", "torch"): "torch.load(mmap) + load_state_dict",
     ("load", "safetensors"): "safetensors load_file + load_state_dict",
 }
+PEERS = ("torch", "safetensors")
 EXT = {"tkio": "h5", "torch": "pt", "safetensors": "safetensors"}
 MiB = 2**20
 
@@ -91,7 +95,7 @@ def fingerprint(model) -> str:
     h = hashlib.sha1()
     for name, t in model.state_dict().items():
         h.update(name.encode())
-        h.update(memoryview(t.detach().contiguous().numpy()).cast("B"))
+        h.update(memoryview(t.detach().cpu().contiguous().numpy()).cast("B"))
     return h.hexdigest()
 
 
@@ -162,7 +166,16 @@ def child(job: dict) -> dict:
     import torchkeras_io as tkio
 
     op, method, path = job["op"], job["method"], job["path"]
-    model = build_model(job["spec"], seed=0 if op == "save" else 1)
+    device = job.get("device", "cpu")
+    assign = bool(job.get("assign")) and op == "load"
+    cuda = device.startswith("cuda")
+    if assign:  # parameters materialised from the file: nothing to load into beforehand
+        with torch.device("meta"):
+            model = build_model(job["spec"], seed=1)
+    else:
+        model = build_model(job["spec"], seed=0 if op == "save" else 1)
+        if device != "cpu":
+            model = model.to(device)
     if op == "load_part":
         from torch import nn
 
@@ -171,6 +184,10 @@ def child(job: dict) -> dict:
             part.add_module(str(i), model[i])
         model = part
     gc.collect()
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        cuda_base = torch.cuda.memory_allocated(device)
     sampler = Sampler()
     base_rss, base_anon = sampler.sample()
     maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -189,15 +206,20 @@ def child(job: dict) -> dict:
         elif op == "save":
             st.save_file(model.state_dict(), path)
         elif method == "tkio":
-            tkio.load_weights(model, path)
+            kw = {"assign": True} if assign else {}
+            if assign and device != "cpu":
+                kw["device"] = device
+            tkio.load_weights(model, path, **kw)
         elif method == "torch":
-            sd = torch.load(path, mmap=True, weights_only=True)
-            model.load_state_dict(sd)
+            sd = torch.load(path, mmap=True, weights_only=True, map_location=device)
+            model.load_state_dict(sd, assign=assign)
             del sd
         else:
-            sd = st.load_file(path)
-            model.load_state_dict(sd)
+            sd = st.load_file(path, device=device)
+            model.load_state_dict(sd, assign=assign)
             del sd
+        if cuda:
+            torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - t0
         if op == "save" and method != "tkio":
             t1 = time.perf_counter()
@@ -208,9 +230,14 @@ def child(job: dict) -> dict:
     peak = sampler.peak_rss
     if maxrss_after > maxrss_before:  # ru_maxrss sees spikes between samples
         peak = max(peak, maxrss_after)
+    cuda_extra = torch.cuda.max_memory_allocated(device) - cuda_base if cuda else 0
+    left_on_meta = [n for n, t in model.state_dict().items() if t.device.type == "meta"]
+    if left_on_meta:
+        raise SystemExit(f"tensors left on the meta device: {left_on_meta[:3]}")
     return {
         "time": elapsed,
         "fsync": fsync_s,
+        "cuda_extra": cuda_extra,
         "peak_extra": max(0, peak - base_rss),
         "peak_extra_anon": max(0, sampler.peak_anon - base_anon),
         "digest": fingerprint(model),
@@ -272,27 +299,74 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="also write the raw results here")
     ap.add_argument("--compression", choices=("gzip", "lzf"), default=None, help="save_weights(compression=...)")
     ap.add_argument("--by-name", type=int, default=0, metavar="K", help="time loading the last K layers by name vs all")
+    ap.add_argument("--device", default="cpu", help="where the model lives: cpu (default) or cuda[:N]")
+    ap.add_argument(
+        "--assign",
+        action="store_true",
+        help="loads materialise a model built on the meta device (load_weights(assign=True), "
+        "load_state_dict(assign=True))",
+    )
+    ap.add_argument(
+        "--targets", action="store_true", help="run the big model and the small-tensor case, then issue 15's targets"
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return 0
 
-    if args.small:
-        spec = {"case": "small", "layers": args.layers}
-    else:
-        spec = {"case": "big", "size_gb": 0.2 if args.quick else args.size_gb}
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device here")
+        del torch
+    big = {"case": "big", "size_gb": 0.2 if args.quick else args.size_gb}
+    small = {"case": "small", "layers": args.layers}
+    if args.by_name:
+        spec = small if args.small else big
+        return run_by_name(args, spec, describe_spec(spec))
+    specs = [big, small] if args.targets else [small if args.small else big]
+    done = []
+    for spec in specs:
+        info = describe_spec(spec)
+        results, sizes, loadavg = run_case(args, spec)
+        report(args, spec, info, results, sizes, loadavg)
+        done.append((spec, info, results))
+        if args.json:
+            name = args.json if len(specs) == 1 else args.json.replace(".json", "") + f".{spec['case']}.json"
+            with open(name, "w") as fh:
+                json.dump(
+                    {
+                        "spec": spec,
+                        "info": info,
+                        "device": args.device,
+                        "assign": args.assign,
+                        "machine": machine(),
+                        "file_sizes": sizes,
+                        "results": {f"{op}/{m}": rs for (op, m), rs in results.items()},
+                    },
+                    fh,
+                    indent=1,
+                )
+    print_targets(args, done)
+    return 0
+
+
+def describe_spec(spec: dict) -> dict:
     import torch  # only to describe the model; the parent keeps no weights
 
     with torch.device("meta"):
-        info = describe(build_model(spec, 0))
-    del torch
+        return describe(build_model(spec, 0))
 
-    if args.by_name:
-        return run_by_name(args, spec, info)
+
+def run_case(args, spec: dict) -> tuple:
+    """Every method's save and load of one model, alternating, a fresh process each; checks that
+    all saves saw the same model and every load restored it bit for bit."""
     workdir = tempfile.mkdtemp(prefix="tkio-bench-", dir=args.tmpdir)
     results = {(op, m): [] for op in ("save", "load") for m in SAVE_METHODS}
     digests, loaded = set(), []
+    common = {"spec": spec, "device": args.device}
     try:
         paths = {m: os.path.join(workdir, f"model.{EXT[m]}") for m in SAVE_METHODS}
         load_before = os.getloadavg()
@@ -303,25 +377,25 @@ def main(argv=None) -> int:
                     os.unlink(paths[m])
                 os.sync()
                 res = run_child(
-                    {"op": "save", "method": m, "path": paths[m], "spec": spec, "compression": args.compression}
+                    {"op": "save", "method": m, "path": paths[m], "compression": args.compression, **common}
                 )
                 digests.add(res["digest"])
                 if keep:
                     results[("save", m)].append(res)
                 print(
-                    f"  {'round ' + str(r + 1) if keep else 'warm-up'} save {m:12s} {fmt_s(res['time'])}",
+                    f"  {'round ' + str(r + 1) if keep else 'warm-up'} {spec['case']} save {m:12s} {fmt_s(res['time'])}",
                     file=sys.stderr,
                 )
             os.sync()
             for m in LOAD_METHODS if r % 2 == 0 else LOAD_METHODS[::-1]:
                 if args.cold:
                     evict(paths[m])
-                res = run_child({"op": "load", "method": m, "path": paths[m], "spec": spec})
+                res = run_child({"op": "load", "method": m, "path": paths[m], "assign": args.assign, **common})
                 loaded.append((m, res["digest"]))
                 if keep:
                     results[("load", m)].append(res)
                 print(
-                    f"  {'round ' + str(r + 1) if keep else 'warm-up'} load {m:12s} {fmt_s(res['time'])}",
+                    f"  {'round ' + str(r + 1) if keep else 'warm-up'} {spec['case']} load {m:12s} {fmt_s(res['time'])}",
                     file=sys.stderr,
                 )
         load_after = os.getloadavg()
@@ -335,22 +409,62 @@ def main(argv=None) -> int:
     bad = sorted({m for m, d in loaded if d != digest})
     if bad:
         raise SystemExit(f"loads did not restore the model bit-exactly: {bad}")
+    return results, sizes, (load_before, load_after)
 
-    report(args, spec, info, results, sizes, (load_before, load_after))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(
-                {
-                    "spec": spec,
-                    "info": info,
-                    "machine": machine(),
-                    "file_sizes": sizes,
-                    "results": {f"{op}/{m}": rs for (op, m), rs in results.items()},
-                },
-                fh,
-                indent=1,
-            )
-    return 0
+
+#: issue 15's targets: (case, device, op or "memory", limit)
+TARGETS = (
+    ("big", "cpu", "load", 1.5),
+    ("big", "cpu", "save", 1.15),
+    ("big", "cuda", "load", 1.0),
+    ("big", "cuda", "save", 1.0),
+    ("small", None, "save", 3.0),
+    ("small", None, "load", 1.5),
+)
+
+
+def _median(runs: list, key: str = "time") -> float:
+    return statistics.median(x[key] for x in runs)
+
+
+def print_targets(args, done: list) -> None:
+    """One line per issue-15 target this run measured: tkio's median over the faster peer's
+    median (the peer's fsync not added: the strict reading), and whether the target is met."""
+    device = "cuda" if args.device.startswith("cuda") else "cpu"
+    rows = [("target", "tkio median", "faster peer", "ratio", "(+fsync)", "limit", "met")]
+    for spec, info, results in done:
+        for case, dev, op, limit in TARGETS:
+            if case != spec["case"] or (dev is not None and dev != device) or (op == "load" and args.assign):
+                continue
+            tk = _median(results[(op, "tkio")])
+            peer = min(PEERS, key=lambda m: _median(results[(op, m)]))
+            alt = _median(results[(op, peer)])
+            fs = ""
+            if op == "save":
+                alt_fs = min(_median([dict(x, time=x["time"] + x["fsync"]) for x in results[(op, m)]]) for m in PEERS)
+                fs = f"{tk / alt_fs:.2f}"
+            name = f"{spec['case']} {device} {op} <= {limit}x" if dev else f"{spec['case']} {op} <= {limit}x"
+            rows.append((name, fmt_s(tk), f"{fmt_s(alt)} ({peer})", f"{tk / alt:.2f}", fs, f"{limit}",
+                         "yes" if tk / alt <= limit else "no"))  # fmt: skip
+        if spec["case"] == "big" and device == "cpu":
+            largest = info["largest"]
+            for op in ("save", "load"):
+                peak = max(x["peak_extra"] for x in results[(op, "tkio")])
+                rows.append((f"big cpu {op} peak extra <= 0.05x largest", f"{peak / MiB:,.1f} MiB", "", f"{peak / largest:.3f}",
+                             "", "0.05", "yes" if peak <= 0.05 * largest else "no"))  # fmt: skip
+        if args.assign:
+            peak = max(x["peak_extra"] for x in results[("load", "tkio")])
+            rows.append((f"{spec['case']} assign=True load peak <= model + 5%", f"{peak / MiB:,.1f} MiB",
+                         f"model {info['bytes'] / MiB:,.1f} MiB", f"{peak / info['bytes']:.3f}", "", "1.05",
+                         "yes" if peak <= 1.05 * info["bytes"] else "no"))  # fmt: skip
+    if len(rows) == 1:
+        return
+    print("\nissue 15 targets (medians; ratio = tkio / the faster peer):")
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, r in enumerate(rows):
+        print("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
 
 
 def run_by_name(args, spec, info) -> int:
@@ -434,7 +548,13 @@ def report(args, spec, info, results, sizes, loadavg) -> None:
     print("files: " + ", ".join(f"{EXT[m]} {s / MiB:,.1f} MiB" for m, s in sizes.items()))
     if args.compression:
         print(f"tkio files saved with compression={args.compression!r}")
+    cuda = args.device.startswith("cuda")
+    print(
+        f"device: {args.device}" + ("; loads with assign=True into a model on the meta device" if args.assign else "")
+    )
     head = ("op", "method", "best", "median", "+fsync best", "tkio/best", "peak extra", "anon", "/largest")
+    if cuda:
+        head += ("CUDA extra",)
     rows = [head]
     for op in ("save", "load"):
         best = {m: min(x["time"] for x in results[(op, m)]) for m in SAVE_METHODS}
@@ -463,6 +583,7 @@ def report(args, spec, info, results, sizes, loadavg) -> None:
                     f"{anon / MiB:,.1f} MiB",
                     f"{peak / largest:.2f}",
                 )
+                + ((f"{max(x['cuda_extra'] for x in runs) / MiB:,.1f} MiB",) if cuda else ())
             )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for i, r in enumerate(rows):

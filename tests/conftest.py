@@ -225,3 +225,16 @@ def realistic_weights(module, calibration=None, seed: int = 0):
                 for h in hooks:
                     h.remove()
     return module.eval()
+
+
+def bits_equal(a, b) -> bool:
+    """Bitwise equality of two tensors (NaNs with equal payloads compare equal); the tests' own, so
+    that checking what the library wrote does not depend on the library."""
+    import torch
+
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.dtype.is_floating_point:
+        as_int = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+        a, b = a.contiguous().view(as_int), b.contiguous().view(as_int)
+    return torch.equal(a, b)

@@ -14,11 +14,10 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import bits_equal
 
 import torchkeras_io as tkio
 from torchkeras_io import cli
-from torchkeras_io._formats.legacy_h5 import WeightsReader
-from torchkeras_io._tensors import bits_equal
 
 CORPUS = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "corpus" / "files"
 needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason="../shared/corpus is absent")
@@ -129,6 +128,22 @@ def test_inspect_keras3_formats(k3, capsys):
     assert info["format"] == "h5-model" and info["keras_version"].startswith("3.")
 
 
+def test_inspect_keras_archive_without_weights_member(k3, tmp_path, capsys):
+    """An archive whose weights Keras kept elsewhere (npz, sharded) shows its config alone."""
+    import zipfile
+
+    bare = tmp_path / "bare.keras"
+    with zipfile.ZipFile(k3["dir"] / "model.keras") as src, zipfile.ZipFile(bare, "w") as dst:
+        for member in src.namelist():
+            if member != "model.weights.h5":
+                dst.writestr(member, src.read(member))
+    code, info = run_json(capsys, "inspect", bare)
+    assert code == 0 and info["format"] == "keras" and info["layers"] == []
+    assert info["keras_version"] == k3["K"].__version__ and info["model"]["class_name"] == "Sequential"
+    code, out, _ = run(capsys, "inspect", bare)
+    assert code == 0 and "no model.weights.h5 member" in out
+
+
 @needs_corpus
 def test_inspect_corpus_files(capsys):
     path = CORPUS / "Exitarr__collaborative-filtering-based-Recommendation-System__best_model.weights.h5"
@@ -145,11 +160,28 @@ def test_inspect_corpus_files(capsys):
     path = CORPUS / "Anmol6__kaggle-seizure-competition__models_LSTMSpectro_P3_test3.h5"  # Keras 1.1.1
     code, info = run_json(capsys, "inspect", path)
     assert code == 0 and info["format"] == "h5-model" and info["keras_version"] == "1.1.1"
-    with WeightsReader(path) as reader:
-        names = reader.layer_names
-        n = sum(len(reader.layer(name).weights) for name in names)
-    assert [x["name"] for x in info["layers"]] == names and info["num_weights"] == n
+    layers = _h5_layers(path)
+    assert [x["name"] for x in info["layers"]] == list(layers) and info["num_weights"] == sum(layers.values())
     assert "Bidirectional" in {x["class_name"] for x in info["layers"]}
+
+
+def _h5_layers(path) -> dict:
+    """{layer: number of weights} of a legacy HDF5 file, read with h5py as Keras reads it (a long
+    list attribute may be split into ``name0``, ``name1``, ...)."""
+
+    def strings(attrs, name) -> list:
+        if name in attrs:
+            values = list(attrs[name])
+        else:
+            values, i = [], 0
+            while f"{name}{i}" in attrs:
+                values += list(attrs[f"{name}{i}"])
+                i += 1
+        return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+
+    with h5py.File(path, "r") as f:
+        group = f["model_weights"] if "model_weights" in f else f
+        return {name: len(strings(group[name].attrs, "weight_names")) for name in strings(group.attrs, "layer_names")}
 
 
 @needs_corpus
@@ -158,12 +190,37 @@ def test_inspect_every_corpus_file(capsys):
         code, info = run_json(capsys, "inspect", path)
         assert code == 0, path
         if info["format"].startswith("h5-"):
-            with WeightsReader(path) as reader:
-                assert [x["name"] for x in info["layers"]][: len(reader.layer_names)] == reader.layer_names
-                assert info["num_weights"] >= sum(len(reader.layer(n).weights) for n in reader.layer_names)
+            layers = _h5_layers(path)
+            assert [x["name"] for x in info["layers"]][: len(layers)] == list(layers)
+            assert info["num_weights"] >= sum(layers.values())
 
 
 # ------------------------------------------------------------------------------------- convert
+def _corpus_full_models() -> list:
+    manifest = CORPUS.parent / "MANIFEST.tsv"
+    if not manifest.is_file():
+        return [pytest.param("", marks=needs_corpus)]
+    header, *rows = [line.split("\t") for line in manifest.read_text(encoding="utf-8").splitlines() if line]
+    name, kind = header.index("filename"), header.index("kind")
+    return [row[name] for row in rows if row[kind] == "full model"]
+
+
+@needs_corpus
+@pytest.mark.parametrize("name", _corpus_full_models())
+def test_convert_every_corpus_model_to_keras3(name, tmp_path, capsys):
+    """Every full model of any Keras generation converts to .keras, or is refused with the library's
+    own error (a layer with no torch or Keras 3 equivalent), never with a traceback."""
+    code, _, err = run(capsys, "convert", "-q", CORPUS / name, tmp_path / "out.keras")
+    assert code in (0, 3), err
+    assert (code == 0) == (tmp_path / "out.keras").is_file()
+    assert code == 0 or "torchkeras-io: error:" in err
+    if name.startswith("Anmol6__"):  # Keras 1.1.1: a list-style Sequential config of Keras 1 layers
+        # read as Keras 2, whose LSTM gates use tf-keras's hard_sigmoid: not Keras 3's
+        assert code == 3 and "layer 'forward_lstm_1' has inner_activation='hard_sigmoid'" in err, err
+    if name.startswith("nanoporetech__"):  # Keras 2.0.8: a list-style Sequential config, GRUs as above
+        assert code == 3 and "layer 'gru1' has recurrent_activation='hard_sigmoid'" in err, err
+
+
 def test_convert_full_model_to_safetensors_and_torch_bit_exact(tfk, tmp_path, capsys):
     from safetensors.torch import load_file
 
@@ -366,10 +423,8 @@ def test_verify_detects_a_wrong_layer(tfk, monkeypatch, capsys):
 
 
 def test_verify_without_a_usable_keras(tfk, monkeypatch, capsys):
-    def no_keras(flavor):
-        raise ImportError(f"No module named {flavor!r}")
-
-    monkeypatch.setattr(cli, "_import_keras", no_keras)
+    for name in ("tf_keras", "keras"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import keras` raises ImportError
     code, result = run_json(capsys, "verify", tfk["model"])
     assert code == 0 and result["keras"] is None and "only loading" in result["note"]
     code, _, err = run(capsys, "verify", tfk["model"], "--keras", "keras3")
@@ -381,7 +436,8 @@ def test_verify_without_a_usable_keras(tfk, monkeypatch, capsys):
             def load_model(path, compile):
                 raise ValueError("Unknown layer")
 
-    monkeypatch.setattr(cli, "_import_keras", lambda flavor: Refusing)
+    for name in ("tf_keras", "keras"):
+        monkeypatch.setitem(sys.modules, name, Refusing)
     code, result = run_json(capsys, "verify", tfk["model"])
     assert code == 1 and not result["ok"] and "could not load" in result["note"]
 

@@ -22,9 +22,6 @@ pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason="../shared/corpus is
 
 # Files no build can reproduce, and exactly why. Everything else must load and match its refs.
 EXPECTED_UNSUPPORTED = {
-    "1560800__CarND-Behavioral-Cloning-P3__model.h5": "Lambda",
-    "ottonello__P3-behavioral-cloning__model.h5": "Lambda",
-    "wolfapple__CarND-Behavioral-Cloning-Project__model.h5": "Lambda",
     "fastmachinelearning__example-models__keras_garnet_3layer_weights.h5": "GarNetStack",
     "fastmachinelearning__example-models__keras_hgq_mnist_heterogeneous.h5": "FixedPointQuantizer",
 }

@@ -343,14 +343,19 @@ def test_disk_full_keeps_old_file(tmp_path):
         assert report["temps"] == [], (kind, report["temps"])
 
 
-def test_stale_temp_of_live_writer_is_kept(tmp_path):
+def test_stale_temp_of_live_writer_is_kept(tmp_path, monkeypatch):
     """Only dead writers' temporary files are removed: a live one (here: our parent) keeps its own."""
     import torch.nn as nn
 
     import torchkeras_io as tkio
-    from torchkeras_io._formats import atomic as _atomic
 
-    prefix = _atomic._tmp_prefix(CKPT)
+    renamed = []  # the temporary file a save renames onto the target: its name carries the writer's pid
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (renamed.append(os.path.basename(src)), real_replace(src, dst)))
+    tkio.save_weights(nn.Linear(2, 2), tmp_path / CKPT)
+    monkeypatch.undo()
+    mine = f"-{os.getpid()}-"
+    prefix = renamed[-1][: renamed[-1].index(mine) + len(mine)]
     live = tmp_path / (prefix.replace(f"-{os.getpid()}-", f"-{os.getppid()}-") + "abc.tmp")
     dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True, check=True).stdout.strip()  # fmt: skip

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import assert_close_rel, keras_module
+from conftest import assert_close_rel, bits_equal, keras_module
 from torch import nn
 
 import torchkeras_io as tkio
@@ -139,8 +139,8 @@ def test_two_process_save_load(kind, tmp_path):
             if not k.startswith("1.running") and "num_batches" not in k:
                 # parameters agree across ranks; DDP's BatchNorm statistics are each rank's own until the
                 # next forward broadcasts rank 0's, which are the ones a checkpoint holds
-                assert tkio._tensors.bits_equal(states[r]["trained"][k], v), (r, k)
-            assert tkio._tensors.bits_equal(states[r]["loaded"][k], v), (r, k)  # loaded bit-exact on each rank
+                assert bits_equal(states[r]["trained"][k], v), (r, k)
+            assert bits_equal(states[r]["loaded"][k], v), (r, k)  # loaded bit-exact on each rank
         assert reports[r] == reports[0]
     assert reports[0]["loaded"] == ["0", "1", "3"] and reports[0]["all"]
     assert reports[0]["partial_loaded"] == ["0", "1"] and reports[0]["mismatched"] == 2  # kernel and bias of "3"
@@ -171,7 +171,7 @@ def test_two_process_save_load(kind, tmp_path):
         restored = tkio.load_model(tmp_path / "m.h5")
         moments = [restored.optimizer.state[p]["exp_avg"] for p in restored.optimizer.param_groups[0]["params"]]
         assert len(moments) == len(states[0]["exp_avg"])
-        assert all(tkio._tensors.bits_equal(a, b) for a, b in zip(moments, states[0]["exp_avg"]))
+        assert all(bits_equal(a, b) for a, b in zip(moments, states[0]["exp_avg"]))
 
 
 def test_without_process_group_is_plain_save_load(tmp_path):
@@ -181,7 +181,7 @@ def test_without_process_group_is_plain_save_load(tmp_path):
     report = tkio.distributed.load_weights_distributed(fresh, tmp_path / "w.h5")
     assert report.all_loaded
     for k, v in net.state_dict().items():
-        assert tkio._tensors.bits_equal(fresh.state_dict()[k], v)
+        assert bits_equal(fresh.state_dict()[k], v)
 
 
 def test_fsdp1_is_refused():

@@ -6,7 +6,7 @@ loads; never another exception, never a hang, and a failed ``load_weights`` leav
 unchanged. Bounded in CI (a few dozen examples per test, derandomized, no example database);
 ``TKIO_FUZZ_EXAMPLES=5000`` runs a longer campaign. Every failure a run ever found is kept below as
 an ``@example``, so it is retried on every run (the in-process regressions of the bugs they
-exposed are in ``test_hostile_files.py``).
+exposed are in ``test_hostile_hdf5.py``).
 
 ``TKIO_FUZZ_LAST=<file>`` keeps each byte-level input there before it is read, so that a crash
 inside libhdf5 (which takes the process down) leaves its input behind
@@ -25,9 +25,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from hostile_corpus import gheap_would_hang  # a sibling module: tests/ is on sys.path
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
-from test_hostile_files import gheap_would_hang  # a sibling test module: tests/ is on sys.path
 from torch import nn
 
 import torchkeras_io as tkio
@@ -129,7 +129,7 @@ def test_fuzz_weights_bytes(tmp_path_factory, edits, cut):
         buf[offset % len(buf)] ^= value or 1
     if cut is not None:
         buf = buf[: cut % (len(buf) + 1)]
-    # a known libhdf5 hang no Python timeout can interrupt (test_hostile_files.gheap_would_hang)
+    # a known libhdf5 hang no Python timeout can interrupt (hostile_corpus.gheap_would_hang)
     assume(not gheap_would_hang(bytes(buf)))
     path = tmp_path_factory.mktemp("fb") / "x.h5"
     path.write_bytes(bytes(buf))

@@ -17,7 +17,7 @@ from test_export import BATCH_AXIS, CASES, INT_INPUTS, _case_io, _inputs, _prepa
 from torch import nn
 
 import torchkeras_io as tkio
-from torchkeras_io._formats import keras3 as _v3format
+from torchkeras_io._formats import detect, keras_archive
 
 keras = keras_module("keras3")
 CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpus", "files")
@@ -188,11 +188,11 @@ def test_format_by_name_and_explicit(tmp_path):
             assert ("layer_names" not in f.attrs) == v3, name
         assert tkio.load_weights(nn.Sequential(nn.Linear(3, 2)), tmp_path / name).all_loaded
     tkio.save_model(module, tmp_path / "old.keras", input_shape=(3,), format="h5")  # what Keras <= 2.12 wrote
-    assert _v3format.sniff(tmp_path / "old.keras") == "hdf5"
+    assert detect.sniff(tmp_path / "old.keras") == "hdf5"
     x = np.ones((2, 3), "float32")
     np.testing.assert_array_equal(tkio.load_model(tmp_path / "old.keras").predict(x), module(torch.ones(2, 3)).detach())
     tkio.save_model(module, tmp_path / "m.h5", input_shape=(3,), format="keras")
-    assert _v3format.sniff(tmp_path / "m.h5") == "zip"
+    assert detect.sniff(tmp_path / "m.h5") == "zip"
     np.testing.assert_array_equal(tkio.load_model(tmp_path / "m.h5").predict(x), module(torch.ones(2, 3)).detach())
     with pytest.raises(tkio.TorchKerasIOError, match="format"):
         tkio.save_weights(module, tmp_path / "c.h5", format="tf")
@@ -369,7 +369,7 @@ def test_tf_keras_v3_files_load(tmp_path):
     ref = model.predict(x, verbose=0)
     model.save(str(tmp_path / "tfk.keras"))
     model.save_weights(str(tmp_path / "tfk.weights.h5"))
-    assert _v3format.sniff(tmp_path / "tfk.keras") == "zip"
+    assert detect.sniff(tmp_path / "tfk.keras") == "zip"
     assert_close_rel(tkio.load_model(tmp_path / "tfk.keras", compile=False).predict(x), ref, 1e-5)
     module = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.BatchNorm1d(4, eps=1e-3), nn.Linear(4, 2)).eval()
     assert tkio.load_weights(module, tmp_path / "tfk.weights.h5").all_loaded
@@ -412,7 +412,7 @@ def test_corpus_keras3_weights_file():
     path = os.path.join(CORPUS, "Exitarr__collaborative-filtering-based-Recommendation-System__best_model.weights.h5")
     if not os.path.isdir(CORPUS):
         pytest.skip("corpus absent")
-    assert _v3format.sniff(path) == "hdf5"
+    assert detect.sniff(path) == "hdf5"
 
     class Recommender(nn.Module):
         def __init__(self):
@@ -502,7 +502,7 @@ def test_zip_bomb_is_refused_before_reading(tmp_path, good_members, monkeypatch)
     members = dict(good_members)
     members["assets/blob"] = b"\x00" * (4 << 20)  # compresses about 1000x
     path = _zip(tmp_path / "bomb.keras", members, zipfile.ZIP_DEFLATED)
-    monkeypatch.setattr(_v3format, "ZIP_BOMB_SIZE", 1 << 20)  # Keras's 4 GiB threshold, scaled down
+    monkeypatch.setattr(keras_archive, "ZIP_BOMB_SIZE", 1 << 20)  # Keras's 4 GiB threshold, scaled down
     with pytest.raises(tkio.FileFormatError, match="member 'assets/blob' expands to"):
         tkio.load_model(path)
 

@@ -19,14 +19,9 @@ from conftest import ORACLE_WARNINGS, assert_close_rel, keras_module
 from torch import nn
 
 import torchkeras_io as tkio
-from torchkeras_io._layers.recurrent import (
-    KerasGRU,
-    KerasLSTM,
-    KerasRecurrent,
-    KerasSimpleRNN,
-    RecurrentAdapter,
-    TimeDistributed,
-)
+from torchkeras_io._layers.recurrent.modules import KerasGRU, KerasLSTM, KerasRecurrent, KerasSimpleRNN
+from torchkeras_io._layers.recurrent.weights import RecurrentAdapter
+from torchkeras_io._layers.wrappers import TimeDistributed
 from torchkeras_io.modules import HardSigmoidTF
 
 RTOL = 1e-4

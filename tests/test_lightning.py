@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close_rel, keras_module
+from conftest import assert_close_rel, bits_equal, keras_module
 from torch import nn
 
 import torchkeras_io as tkio
@@ -84,7 +84,7 @@ def _keras_net(keras):
 
 def _same_bits(module: nn.Module, state: dict) -> None:
     for k, v in state.items():
-        assert tkio._tensors.bits_equal(module.state_dict()[k], v), k
+        assert bits_equal(module.state_dict()[k], v), k
 
 
 def test_best_and_last_weights(tmp_path):

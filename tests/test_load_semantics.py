@@ -192,20 +192,23 @@ def test_overwrite_false(tmp_path):
     assert path.read_bytes() == before
 
 
-def test_failed_save_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
+def test_failed_save_keeps_old_file_and_leaves_no_temp(tmp_path):
     path = tmp_path / "w.h5"
     good = nn.Linear(2, 2)
     tkio.save_weights(good, path)
     before = path.read_bytes()
 
-    from torchkeras_io._formats import legacy_h5 as _h5format
+    from torchkeras_io._checkpoint.records import Checkpoint, LayerWeights
+    from torchkeras_io._checkpoint.writer import write_checkpoint
+    from torchkeras_io._formats.detect import Format
+    from torchkeras_io._tensors import Lazy
 
-    def boom(*a, **k):
+    def boom():
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(_h5format, "to_numpy", boom)
+    failing = LayerWeights("dense", [Lazy("kernel", (2, 2), torch.float32, boom)])
     with pytest.raises(OSError, match="disk full"):
-        tkio.save_weights(nn.Linear(2, 2), path)
+        write_checkpoint(path, Checkpoint(Format.LEGACY_WEIGHTS, [failing]))
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["w.h5"]
 

@@ -23,12 +23,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import ORACLE_WARNINGS, assert_close_rel, keras_module
+from conftest import ORACLE_WARNINGS, assert_close_rel, bits_equal, keras_module
 from torch import nn
 
 import torchkeras_io as tkio
-from torchkeras_io._formats.legacy_h5 import WeightsReader, _Rows, _Writer
-from torchkeras_io._tensors import Transfer, _device_blocks, _in_root_order, _load_blocks_to_device
+from torchkeras_io._checkpoint.reader import open_checkpoint
+from torchkeras_io._formats.hdf5_io import RawFile, Rows, Writer
+from torchkeras_io._tensors.blockio import Transfer, device_blocks, in_root_order, load_blocks_to_device
 from torchkeras_io.errors import FileFormatError, TorchKerasIOError
 
 pytestmark = [*ORACLE_WARNINGS]
@@ -46,13 +47,7 @@ def _model(seed: int = 0) -> nn.Module:
 
 def _state_equal(a: nn.Module, b: nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(tkio_bits_equal(sa[k], sb[k]) for k in sa)
-
-
-def tkio_bits_equal(x, y) -> bool:
-    from torchkeras_io._tensors import bits_equal
-
-    return bits_equal(x, y)
+    return sa.keys() == sb.keys() and all(bits_equal(sa[k], sb[k]) for k in sa)
 
 
 @pytest.fixture
@@ -109,7 +104,7 @@ def test_blocks_go_through_buffers_of_the_transfer_size(tmp_path, preadv_log):
     path = tmp_path / "w.h5"
     tkio.save_weights(src, path)
     dst = nn.Sequential(nn.Linear(96, 130), nn.Conv2d(20, 12, 3))
-    with WeightsReader(path) as reader, Transfer(max_bytes=4096) as transfer:
+    with open_checkpoint(path) as reader, Transfer(max_bytes=4096) as transfer:
         for i, layer in enumerate((reader.layer("0"), reader.layer("1"))):
             kernel = layer.weights[0]
             fn = (lambda a: a.t()) if i == 0 else (lambda a: a.permute(3, 2, 0, 1))
@@ -135,7 +130,7 @@ def test_compressed_datasets_fall_back_to_hdf5_bit_exact(tmp_path, preadv_log, c
     tkio.load_weights(dst, path)
     assert _state_equal(src, dst)
     assert preadv_log == []  # no plain dataset: HDF5 read (and decompressed) everything
-    with WeightsReader(path) as reader, Transfer(max_bytes=4096) as transfer:  # hyperslabs of a chunk
+    with open_checkpoint(path) as reader, Transfer(max_bytes=4096) as transfer:  # hyperslabs of a chunk
         target = torch.empty(32, 64, 3, 3)
         reader.layer("1").weights[0].map(lambda a: a.permute(3, 2, 0, 1)).read_into(target, transfer)
     assert torch.equal(target, src[1].weight)
@@ -237,13 +232,14 @@ def test_offset_checks(tmp_path, offset, stored):
     checks again, so that no read ever goes past the end of the file."""
     path = tmp_path / "w.h5"
     tkio.save_weights(nn.Linear(10, 10), path)
-    with WeightsReader(path) as reader:
+    with h5py.File(path, "r") as f:
+        raw = RawFile.of(f)
         stub = _StubDataset(offset, stored)
         if offset is None:  # never written: left to HDF5, which supplies the fill value
-            assert reader._raw.offset_of(stub, (10, 10), np.dtype("float32"), str(path), "l", "w") is None
+            assert raw.offset_of(stub, (10, 10), np.dtype("float32"), str(path), "l", "w") is None
             return
         with pytest.raises(FileFormatError) as info:
-            reader._raw.offset_of(stub, (10, 10), np.dtype("float32"), str(path), "l", "w")
+            raw.offset_of(stub, (10, 10), np.dtype("float32"), str(path), "l", "w")
         assert (info.value.filepath, info.value.layer, info.value.weight) == (str(path), "l", "w")
 
 
@@ -263,11 +259,12 @@ def test_offsets_past_4_gib(tmp_path):
         space = h5py.h5s.create_simple(big_shape)
         pad = f.create_group("padding")
         h5py.h5d.create(pad.id, b"big", h5py.h5t.NATIVE_FLOAT, space, dcpl=dcpl)
+        from torchkeras_io._checkpoint.records import LayerWeights
         from torchkeras_io._engine.plan import plan
-        from torchkeras_io._formats.legacy_h5 import LayerRecord, write_weights_group
+        from torchkeras_io._formats.legacy_h5 import write_weights_group
 
         slots, _ = plan(src)
-        write_weights_group(f, [LayerRecord(s.name, s.layer.weights, s.layer.extras) for s in slots])
+        write_weights_group(f, [LayerWeights(s.name, s.layer.weights, s.layer.extras) for s in slots])
     st = os.stat(path)
     if st.st_size < 4.5 * 2**30 or st.st_blocks * 512 > 2**30:
         pytest.skip("the file system does not keep this file sparse")
@@ -277,17 +274,18 @@ def test_offsets_past_4_gib(tmp_path):
     tkio.load_weights(dst, path)
     assert torch.equal(dst[0].weight, src[0].weight) and torch.equal(dst[0].bias, src[0].bias)
 
-    with WeightsReader(path) as reader, h5py.File(path, "r") as f:
+    with h5py.File(path, "r") as f:
+        raw = RawFile.of(f)
         big = f["padding/big"].id
-        offset = reader._raw.offset_of(big, big_shape, np.dtype("float32"), str(path), "padding", "big")
-        rows = _Rows(None, big_shape, torch.float32, str(path), "padding", "big", reader._raw, offset)
+        offset = raw.offset_of(big, big_shape, np.dtype("float32"), str(path), "padding", "big")
+        rows = Rows(None, big_shape, torch.float32, str(path), "padding", "big", raw, offset)
         out = torch.full((1024,), 7.0)
         rows.read_block((big_shape[0] - 1024,), out)  # byte position ~4.5 GiB + offset
         assert torch.equal(out, torch.zeros(1024))  # never written: the file's hole reads as zeros
 
 
 def test_chunks_stay_below_hdf5s_4_gib_chunk_limit():
-    w = _Writer(Transfer(), "gzip", 4)
+    w = Writer(Transfer(), "gzip", 4)
     for shape, itemsize in [((3 * 2**30,), 4), ((70000, 70000), 8), ((2, 3, 2**31), 1)]:
         chunk = w.dataset_plist(shape, itemsize).get_chunk()
         assert np.prod(chunk, dtype=np.float64) * itemsize < 2**32
@@ -339,26 +337,21 @@ def test_compressed_model_loads_in_keras(tmp_path, flavor):
 
 # ------------------------------------------------------------------------------------ progress
 def test_progress_bar_counts_every_byte(tmp_path, monkeypatch):
-    pytest.importorskip("tqdm")
+    tqdm = pytest.importorskip("tqdm")
     err = io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)
     src, dst = _model(0), _model(1)
     total = sum(t.numel() * t.element_size() for t in src.state_dict().values())
+    done = "{0}/{0}".format(tqdm.tqdm.format_sizeof(total, divisor=1024))  # the bar's final "n/total"
     tkio.save_weights(src, tmp_path / "w.h5", progress=True)
     out = err.getvalue()
-    assert "save_weights" in out and "100%" in out
+    assert "save_weights" in out and "100%" in out and done in out
     err.seek(0)
     err.truncate()
     tkio.load_weights(dst, tmp_path / "w.h5", progress=True)
     out = err.getvalue()
-    assert "load_weights" in out and "100%" in out
+    assert "load_weights" in out and "100%" in out and done in out
     assert _state_equal(src, dst)
-    from torchkeras_io._engine.progress import progress_bar
-
-    bar = progress_bar(True, total, "x")
-    bar.update(total)
-    assert bar.n == total
-    bar.close()
 
 
 def test_progress_auto_and_off(tmp_path, monkeypatch):
@@ -368,7 +361,7 @@ def test_progress_auto_and_off(tmp_path, monkeypatch):
     tkio.save_weights(_model(0), tmp_path / "w.h5", progress=False)
     tkio.load_weights(_model(1), tmp_path / "w.h5")
     assert err.getvalue() == ""
-    from torchkeras_io._engine import progress as _progress
+    from torchkeras_io._checkpoint import progress as _progress
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -399,25 +392,238 @@ def test_device_pipeline_logic_on_cpu(tmp_path):
     src = nn.Sequential(nn.Linear(300, 70), nn.Conv2d(16, 24, 3))
     path = tmp_path / "w.h5"
     tkio.save_weights(src, path)
-    with WeightsReader(path) as reader, Transfer(max_bytes=4096) as transfer:
+    with open_checkpoint(path) as reader, Transfer(max_bytes=4096) as transfer:
         for i, fn in ((0, lambda a: a.t()), (1, lambda a: a.permute(3, 2, 0, 1))):
             lazy = reader.layer(str(i)).weights[0].map(fn)
             view = lazy.strided()
             target = torch.zeros_like(src[i].weight)
-            dst = _in_root_order(target, view, tuple(view.root.shape))
-            _load_blocks_to_device(view.root, dst, torch.float32, transfer)
+            dst = in_root_order(target, view, tuple(view.root.shape))
+            load_blocks_to_device(view.root, dst, torch.float32, transfer)
             assert torch.equal(target, src[i].weight)
         buffers = {b.data_ptr() for b in transfer.pinned()}
     value = src[0].weight.detach().t()  # a transposed (non-contiguous) tensor, as save sees it
     with Transfer(max_bytes=4096) as transfer:
         parts, ptrs = [], set()
-        for origin, block in _device_blocks(value, transfer):
+        for origin, block in device_blocks(value, transfer):
             assert block.numel() * block.element_size() <= 4096
             ptrs.add(block.data_ptr())
             parts.append((origin, block.clone()))
         assert ptrs <= {b.data_ptr() for b in transfer.pinned()} and len(ptrs) == 2
     assert torch.equal(torch.cat([b for _, b in parts]), value)
     assert len(buffers) == 2
+
+
+class _ArraySource:
+    """A block source over a tensor in file layout, recording every block read (and which
+    thread read it); the read after ``fail_after`` reads is an OSError."""
+
+    def __init__(self, value: torch.Tensor, fail_after=None) -> None:
+        self.value, self.shape, self.fail_after = value, tuple(value.shape), fail_after
+        self.reads, self.threads = [], set()
+
+    def read_block(self, origin, out):
+        import threading
+
+        if self.fail_after is not None and len(self.reads) >= self.fail_after:
+            raise OSError("disk error")
+        self.threads.add(threading.get_ident())
+        self.reads.append(tuple(origin))
+        out.copy_(self.value[tuple(slice(o, o + n) for o, n in zip(origin, out.shape))])
+
+
+_LAYOUTS = [  # (file layout, file -> parameter view): Dense, Conv2D, Conv1D, LSTM-like kernels
+    ((96, 130), lambda a: a.t()),
+    ((3, 3, 20, 12), lambda a: a.permute(3, 2, 0, 1)),
+    ((5, 24, 40), lambda a: a.permute(2, 1, 0)),
+    ((64, 4 * 48), lambda a: a.t()),
+]
+
+
+@pytest.mark.parametrize("shape,fn", _LAYOUTS)
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+def test_loads_move_blocks_on_several_lanes_bit_exact(shape, fn, lanes):
+    """A transposed load on ``lanes`` threads: every block read exactly once, each lane through
+    buffers of its own of the Transfer's size, bit for bit."""
+    from torchkeras_io._tensors import Lazy
+
+    torch.manual_seed(0)
+    value = torch.randn(shape)
+    source = _ArraySource(value)
+    target = torch.zeros(fn(value).shape)
+    with Transfer(max_bytes=4096, lanes=lanes) as transfer:
+        Lazy("k", shape, torch.float32, None, root=source).map(fn).read_into(target, transfer)
+        buffers = [b for i in range(lanes) for b in transfer.lane(i)]
+        assert all(b.numel() <= 4096 for b in buffers)
+        assert len({b.data_ptr() for b in buffers}) == 2 * lanes
+    assert torch.equal(target, fn(value))
+    assert len(source.reads) == len(set(source.reads)) > 1
+
+
+def test_a_failing_block_stops_every_lane_before_the_error_is_raised():
+    """An error in one lane is raised once every lane has stopped: after it, no thread still
+    writes into the tensor, and the lanes stop at their next block."""
+    from torchkeras_io._tensors import Lazy
+
+    value = torch.randn(400, 64)
+    source = _ArraySource(value, fail_after=3)
+    target = torch.zeros(64, 400)
+    with Transfer(max_bytes=1024, lanes=2) as transfer:
+        with pytest.raises(OSError, match="disk error"):
+            Lazy("k", (400, 64), torch.float32, None, root=source).map(lambda a: a.t()).read_into(target, transfer)
+        seen = len(source.reads)
+        snapshot = target.clone()
+        import time
+
+        time.sleep(0.05)
+        assert len(source.reads) == seen and torch.equal(target, snapshot)  # nothing still running
+    assert seen < 100  # the lanes stopped early (over 100 blocks in all)
+
+
+@pytest.mark.parametrize("shape,fn", _LAYOUTS)
+@pytest.mark.parametrize("lanes", [1, 4])
+def test_device_lanes_logic_on_cpu(shape, fn, lanes):
+    """The accelerator loader (reader lanes, each with a host block, a device block and a
+    stream) run with a CPU "device": bit-exact, every block read once, buffers of the Transfer's
+    size, and a dtype cast done in the device copy."""
+    from torchkeras_io._tensors import Lazy
+
+    torch.manual_seed(0)
+    value = torch.randn(shape)
+    for dtype in (torch.float32, torch.float64):
+        source = _ArraySource(value)
+        lazy = Lazy("k", shape, torch.float32, None, root=source).map(fn)
+        target = torch.zeros(fn(value).shape, dtype=dtype)
+        view = lazy.strided()
+        with Transfer(max_bytes=4096) as transfer:
+            dst = in_root_order(target, view, shape)
+            load_blocks_to_device(source, dst, torch.float32, transfer, lanes=lanes)
+            used = [transfer.device_lane(i, torch.device("cpu")) for i in range(lanes)]
+            assert all(h.numel() <= 4096 and d.numel() <= 4096 and s is None for h, d, s in used)
+        assert torch.equal(target, fn(value).to(dtype))
+        assert len(source.reads) == len(set(source.reads)) > 1
+
+
+def test_row_copies_never_exceed_the_serial_grain(monkeypatch):
+    """Copies inside the block loop stay below torch's parallel grain (rows longer than the
+    grain are split too), so torch starts no OpenMP threads between single-threaded steps."""
+    from torchkeras_io._tensors import blockio
+
+    sizes = []
+    real = torch.Tensor.copy_
+
+    def copy_(self, src, *a, **k):
+        sizes.append(self.numel())
+        return real(self, src, *a, **k)
+
+    src = torch.randn(3, 3, 40, 1500).permute(1, 0, 2, 3)  # rows of 60,000 elements
+    dst = torch.empty(src.shape)
+    monkeypatch.setattr(torch.Tensor, "copy_", copy_)
+    blockio._serial_copy(dst, src)
+    monkeypatch.undo()
+    assert torch.equal(dst, src) and max(sizes) <= blockio._SERIAL_ELEMENTS
+
+
+def test_probe_results_are_reused_only_for_pure_transforms():
+    """A transform probe is cached by its code and captured immutable values: the same lambda
+    with another captured permutation is probed again, and a closure over a tensor never
+    reuses a result."""
+    from torchkeras_io._tensors import Lazy
+    from torchkeras_io._tensors import lazy as lazy_mod
+
+    lazy_mod._PROBES.clear()
+
+    def kernel(perm):
+        return Lazy.of("k", torch.zeros(2, 3, 4, 5), lambda w: w.permute(perm))
+
+    a, b = kernel((3, 2, 0, 1)), kernel((2, 3, 1, 0))
+    assert a.shape == (5, 4, 2, 3) and b.shape == (4, 5, 3, 2)
+    assert a.strided().stride == (1, 5, 60, 20) and b.strided().stride == (5, 1, 20, 60)
+    assert len(lazy_mod._PROBES) == 2
+    again = kernel((3, 2, 0, 1))
+    assert len(lazy_mod._PROBES) == 2 and again.strided().stride == a.strided().stride
+    scale = torch.ones(())
+    c = Lazy.of("k", torch.zeros(2, 3), lambda w: w.t() * scale)
+    assert c.strided() is None and len(lazy_mod._PROBES) == 2
+
+
+def _gru_swap(t):
+    u = t.shape[0] // 3
+    return torch.cat([t[u : 2 * u], t[:u], t[2 * u :]])
+
+
+@pytest.mark.parametrize(
+    "shape,fn",
+    [
+        ((64, 3 * 40), lambda a: _gru_swap(a.t())),  # a GRU kernel: gates reordered after the transpose
+        ((3 * 40,), _gru_swap),  # its bias
+        ((2, 3 * 40), lambda b: _gru_swap(b[1])),  # one row of a (2, 3u) Keras bias
+        ((64, 3 * 40), lambda a: torch.cat([a[:32].t(), a[32:].t()], dim=1)),
+    ],
+)
+def test_concatenated_views_move_in_blocks(shape, fn):
+    """A value that is a ``torch.cat`` of views of one dataset (gate reorders) is read block by
+    block into place, never whole, bit for bit; ``scan`` covers it in blocks too."""
+    from torchkeras_io._tensors import Lazy
+
+    torch.manual_seed(0)
+    value = torch.randn(shape)
+    source = _ArraySource(value)
+    lazy = Lazy("k", shape, torch.float32, None, root=source).map(fn)  # no reader: a whole read fails
+    assert lazy.strided() is None and lazy.pieces() is not None
+    target = torch.zeros(fn(value).shape)
+    with Transfer(max_bytes=1024) as transfer:
+        lazy.read_into(target, transfer)
+        seen = []
+        assert lazy.scan(lambda b: seen.append(b.numel()), transfer)
+    assert torch.equal(target, fn(value))
+    assert sum(seen) == value.numel() and max(seen) * 4 <= 1024
+
+
+@pytest.mark.parametrize("shape", [(3 * 40, 64), (3 * 40,)])
+def test_saves_of_concatenated_views_move_in_blocks(shape):
+    """A GRU kernel saved (``cat(gates).t()``): blocks of the transposed pieces, in buffers of
+    the Transfer's size, that together are the value; nothing of the value's size is made."""
+    from torchkeras_io._tensors import Lazy, blocks
+
+    torch.manual_seed(0)
+    w = torch.randn(shape)
+    fn = (lambda a: _gru_swap(a).t()) if len(shape) == 2 else _gru_swap
+    lazy = Lazy.of("k", w, fn)
+    assert lazy.strided() is None and lazy.pieces() is not None
+    out = torch.zeros(lazy.shape)
+    with Transfer(max_bytes=1024) as transfer:
+        for origin, block in blocks(lazy, transfer):
+            assert block.numel() * 4 <= 1024
+            out[tuple(slice(o, o + n) for o, n in zip(origin, block.shape))] = block
+    assert torch.equal(out, fn(w))
+
+
+def test_a_concatenation_that_is_not_of_views_is_read_whole():
+    from torchkeras_io._tensors import Lazy
+
+    value = torch.randn(6, 4)
+    lazy = Lazy("k", (6, 4), torch.float32, lambda: value.clone(), root=_ArraySource(value))
+    doubled = lazy.map(lambda a: torch.cat([a * 2, a]))
+    assert doubled.pieces() is None
+    target = torch.zeros(12, 4)
+    doubled.read_into(target)
+    assert torch.equal(target, torch.cat([value * 2, value]))
+
+
+def test_probing_a_gru_does_not_import_torch_dynamo(tmp_path):
+    """torch's meta ``cat`` imports torch._dynamo (seconds, ~84 MiB): probes do without it."""
+    import subprocess
+
+    code = (
+        "import sys, torch, torchkeras_io as tkio\n"
+        "m = torch.nn.GRU(8, 6)\n"
+        f"tkio.save_weights(m, {str(tmp_path / 'g.h5')!r})\n"
+        f"tkio.load_weights(m, {str(tmp_path / 'g.h5')!r})\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
 
 
 @pytest.mark.gpu
@@ -434,3 +640,26 @@ def test_cuda_save_and_load_overlap_path(tmp_path):
     assert _state_equal(src.cpu(), dst.cpu())
     with Transfer() as transfer:
         assert all(b.is_pinned() for b in transfer.pinned())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape,fn", _LAYOUTS)
+def test_cuda_reader_lanes_bit_exact_with_dtype_casts(shape, fn):
+    """The reader lanes on a real device: pinned host blocks, device blocks owned by each
+    lane's stream, the transpose and a dtype cast done on the device, work queued before the
+    load (a fill on the current stream) ordered before it."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from torchkeras_io._tensors import Lazy
+
+    torch.manual_seed(0)
+    value = torch.randn(shape)
+    for dtype in (torch.float32, torch.float16):
+        target = torch.empty(fn(value).shape, dtype=dtype, device="cuda")
+        target.fill_(7)  # queued on the current stream before the lanes start
+        with Transfer(max_bytes=4096) as transfer:
+            Lazy("k", shape, torch.float32, None, root=_ArraySource(value)).map(fn).read_into(target, transfer)
+            hosts = [transfer.device_lane(i, target.device)[0] for i in range(2)]
+            assert all(h.is_pinned() for h in hosts)
+        torch.cuda.synchronize()
+        assert torch.equal(target.cpu(), fn(value).to(dtype))

@@ -252,12 +252,10 @@ def test_tfop_model_loaded_on_cuda(tfop_file):
 
 
 def test_module_device_and_dtype_look_at_buffers():
-    from torchkeras_io._graph.export import _module_device
-
+    """A module with buffers and no parameters: predict feeds its inputs to the buffers' device and dtype."""
     buffers_only = torch.nn.BatchNorm1d(3, affine=False).double().to("meta")
-    assert _module_device(buffers_only).type == "meta"
-    model = tkio.Model(buffers_only)
-    assert model._device().type == "meta" and model._float_dtype() == torch.float64
+    out = tkio.Model(buffers_only).predict(np.zeros((2, 3), dtype=np.float32))
+    assert out.device.type == "meta" and out.dtype == torch.float64 and out.shape == (2, 3)
 
 
 # -- every corpus model that loads

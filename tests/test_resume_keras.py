@@ -14,7 +14,7 @@ from conftest import ORACLE_WARNINGS, assert_close_rel, keras_module
 from torch import nn
 
 import torchkeras_io as tkio
-from torchkeras_io._layers.recurrent import KerasRecurrent
+from torchkeras_io._layers.recurrent.modules import KerasRecurrent
 from torchkeras_io.errors import TorchKerasIOWarning
 
 pytestmark = [*ORACLE_WARNINGS, pytest.mark.filterwarnings("ignore::UserWarning")]

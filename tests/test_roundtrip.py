@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 import torchkeras_io as tkio
-from torchkeras_io._engine.plan import plan
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
@@ -131,22 +130,36 @@ def test_lstm_extras_used_only_when_consistent(tmp_path):
     assert torch.equal(dst.bias_hh_l0.detach(), torch.zeros(16))
 
 
-def test_layer_structure_follows_module_paths():
+def _layout(path) -> tuple:
+    """The layers a weights file lists, {layer: Keras class}, and its top-level weight names."""
+
+    def strs(values) -> list:
+        return [v.decode() if isinstance(v, bytes) else v for v in values]
+
+    with h5py.File(path, "r") as f:
+        layers = strs(f.attrs["layer_names"])
+        classes = {name: f[name].attrs["keras_class"] for name in layers}
+        return layers, classes, strs(f["top_level_model_weights"].attrs["weight_names"])
+
+
+def test_layer_structure_follows_module_paths(tmp_path):
     model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Sequential(nn.LSTM(3, 3, num_layers=2), nn.Identity()))
-    slots, top = plan(model)
-    assert [s.name for s in slots] == ["0", "2.0_l0", "2.0_l1"]
-    assert [s.layer.class_name for s in slots] == ["Dense", "LSTM", "LSTM"]
-    assert top is None
-    slots, top = plan(Custom())
-    assert top is not None and [w.name for w in top.layer.weights] == ["scale", "steps", "mask"]
-    assert [s.name for s in slots] == ["inner"]
+    tkio.save_weights(model, tmp_path / "a.h5")
+    layers, classes, top = _layout(tmp_path / "a.h5")
+    assert layers == ["0", "2.0_l0", "2.0_l1"]
+    assert [classes[name] for name in layers] == ["Dense", "LSTM", "LSTM"]
+    assert top == []
+    tkio.save_weights(Custom(), tmp_path / "b.h5")
+    layers, _, top = _layout(tmp_path / "b.h5")
+    assert top == ["scale", "steps", "mask"]
+    assert layers == ["inner"]
 
 
 def test_shared_module_is_one_layer(tmp_path):
     shared = nn.Linear(3, 3)
     model = nn.Sequential(shared, nn.ReLU(), shared)
-    slots, _ = plan(model)
-    assert [s.name for s in slots] == ["0"]
+    tkio.save_weights(model, tmp_path / "w.h5")
+    assert _layout(tmp_path / "w.h5")[0] == ["0"]
 
 
 def test_layer_names_mapping_and_callable(tmp_path):

@@ -25,8 +25,8 @@ import torch.distributed as dist
 from torch import nn
 
 from torchkeras_io import errors
+from torchkeras_io._engine.model_io import unwrap as unwrap_model
 from torchkeras_io.errors import TorchKerasIOError
-from torchkeras_io.saving import _unwrap as _unwrap_model
 from torchkeras_io.saving import save_model
 from torchkeras_io.weights import LoadReport, Mismatch, load_weights, save_weights
 
@@ -45,7 +45,7 @@ def unwrap(module: nn.Module) -> nn.Module:
     the module tree as it is; FSDP1 wrappers are refused (use ``fully_shard``).
     """
     while True:
-        module = _unwrap_model(module)
+        module = unwrap_model(module)
         if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             module = module.module
         elif type(module).__name__ == "FullyShardedDataParallel":

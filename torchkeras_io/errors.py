@@ -6,9 +6,8 @@ carries the file path and, where one is involved, the Keras layer and weight nam
 
 from __future__ import annotations
 
-import contextlib
 import os
-from typing import Iterator, Optional
+from typing import Optional
 
 
 class TorchKerasIOError(Exception):
@@ -44,25 +43,6 @@ class TorchKerasIOError(Exception):
 
 def _rebuild(cls, message, filepath, layer, weight):
     return cls(message, filepath=filepath, layer=layer, weight=weight)
-
-
-@contextlib.contextmanager
-def _h5_errors(filepath: os.PathLike | str) -> Iterator[None]:
-    """Errors that h5py itself raises on a corrupt file (its RuntimeError, KeyError, OSError...
-    out of HDF5's decoders, wherever the reading code touched the file) become a FileFormatError
-    naming the file; errors raised by anything else pass through unchanged."""
-    try:
-        yield
-    except (TorchKerasIOError, FileNotFoundError, PermissionError):
-        raise
-    except (RuntimeError, KeyError, OSError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        tb = exc.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        origin = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
-        if not (origin == "h5py" or origin.startswith("h5py.")):
-            raise
-        raise FileFormatError(f"corrupt HDF5 file ({type(exc).__name__}: {exc})", filepath=filepath) from exc
 
 
 class FileFormatError(TorchKerasIOError, ValueError):

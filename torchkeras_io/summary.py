@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from torchkeras_io._graph.graph import KerasGraph
+from torchkeras_io._keras.config import config_layers, entry_name
 from torchkeras_io._placement import module_device, module_float_dtype
 
 
@@ -27,44 +28,13 @@ def _count(module: nn.Module) -> int:
     return n + sum(b.numel() for name, b in module.named_buffers() if counted_buffer(name, b))
 
 
-def _graph_shapes(graph: KerasGraph) -> dict:
-    """Keras layer name -> output shapes (None for unknown sizes), by running the graph on meta tensors."""
-    from torchkeras_io._graph.graph import _PLACEHOLDERS, _convert, _meta, _shape_of, _torch_dtype
-
-    runs = []
-    for placeholder in _PLACEHOLDERS:
-        values, masks, shapes = {}, {}, {}
-        for key, shape, dt in zip(graph._inputs, graph.input_shapes, graph.input_dtypes):
-            values[key] = [(_meta(shape, placeholder, _torch_dtype(dt)), "cl")]
-            shapes[key[0]] = [values[key][0][0]]
-        for step in graph._steps:
-            module = graph.layers[step.key]
-            state = {n: torch.empty_like(t, device="meta") for n, t in module.named_parameters()}
-            state.update((n, torch.empty_like(t, device="meta")) for n, t in module.named_buffers())
-            with torch.no_grad():
-                out = graph._run(step, values, masks, state)
-            values[(step.layer, step.node)] = out
-            shapes.setdefault(step.layer, [_convert(t, lay, "cl") for t, lay in out])
-        runs.append(shapes)
-    result = {}
-    for name, outs in runs[0].items():
-        other = runs[1][name]
-        result[name] = [_shape_of([a, b]) if isinstance(a, torch.Tensor) else None for a, b in zip(outs, other)]
-    return result
-
-
 def _keras_classes(config) -> dict:
     """Keras layer name -> Keras class name, from a model config (any Keras generation)."""
-    if not isinstance(config, dict):
-        return {}
-    inner = config.get("config", config)
-    layers = inner.get("layers") if isinstance(inner, dict) else inner
     out = {}
-    for layer in layers if isinstance(layers, list) else []:
-        if isinstance(layer, dict) and isinstance(layer.get("config"), dict):
-            name = layer["config"].get("name", layer.get("name"))
-            if isinstance(name, str) and isinstance(layer.get("class_name"), str):
-                out[name] = layer["class_name"]
+    for entry in config_layers(config):
+        name, cls = entry_name(entry), entry.get("class_name")
+        if name is not None and isinstance(cls, str):
+            out[name] = cls
     return out
 
 
@@ -73,15 +43,14 @@ def summary_rows(module: nn.Module, input_shape) -> list:
     rows = []
     if isinstance(module, KerasGraph):
         try:
-            shapes = _graph_shapes(module)
+            shapes = module.output_shapes()
         except Exception:  # noqa: BLE001 - shapes are a nicety; the table is printed without them
             shapes = {}
         classes = _keras_classes(module.keras_config)
         if module.keras_kind != "Sequential":  # Keras lists a functional model's InputLayers
-            for (name, _), shape in zip(module._inputs, module.input_shapes):
+            for name, shape in module.keras_inputs():
                 rows.append((name, "InputLayer", _fmt_shape([shape]), 0))
-        for key, layer in module.layers.items():
-            name = module._names.get(key, key)
+        for name, layer in module.keras_layers():
             ltype = classes.get(name) or (layer.keras_kind if isinstance(layer, KerasGraph) else type(layer).__name__)
             rows.append((name, ltype, _fmt_shape(shapes.get(name)), _count(layer)))
         return rows

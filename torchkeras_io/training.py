@@ -14,11 +14,12 @@ from torch.utils.data import DataLoader
 
 from torchkeras_io import losses
 from torchkeras_io import metrics as metrics_mod
+from torchkeras_io._engine import model_io
+from torchkeras_io._engine.transfer import LoadReport
 from torchkeras_io._graph.graph import KerasGraph
 from torchkeras_io._placement import module_device, module_float_dtype
 from torchkeras_io.errors import TorchKerasIOError
 from torchkeras_io.summary import counted_buffer, summary_rows
-from torchkeras_io.weights import LoadReport, load_weights, save_weights
 
 CustomObjects = Optional[dict]
 OptimizerLike = Union[torch.optim.Optimizer, str]
@@ -377,33 +378,27 @@ class Model(nn.Module):
         return outs[0] if len(outs) == 1 else outs
 
     def save_weights(self, filepath, overwrite: bool = True) -> None:
-        save_weights(self.module, filepath, overwrite=overwrite, layer_names=self.keras_layer_names)
+        model_io.save_weights(self.module, filepath, overwrite=overwrite, layer_names=self.keras_layer_names)
 
     def load_weights(self, filepath, by_name: bool = False, skip_mismatch: bool = False,
                      reshape: bool = False) -> LoadReport:  # fmt: skip
-        return load_weights(self.module, filepath, by_name=by_name, skip_mismatch=skip_mismatch, reshape=reshape,
-                            layer_names=self.keras_layer_names)  # fmt: skip
+        return model_io.load_weights(self.module, filepath, by_name=by_name, skip_mismatch=skip_mismatch,
+                                     reshape=reshape, layer_names=self.keras_layer_names)  # fmt: skip
 
     def save(self, filepath, overwrite: bool = True, include_optimizer: bool = True) -> None:
         """:func:`torchkeras_io.save_model` of this model with its optimizer, loss and metrics."""
-        from torchkeras_io.saving import save_model
-
         kwargs = {"scheduler": self.scheduler} if getattr(self, "scheduler", None) is not None else {}
         if getattr(self, "_input_shape", None) is not None:
             kwargs["input_shape"] = self._input_shape
-        save_model(self, filepath, overwrite=overwrite, include_optimizer=include_optimizer, **kwargs)
+        model_io.save_model(self, filepath, overwrite=overwrite, include_optimizer=include_optimizer, **kwargs)
 
     def to_json(self, **kwargs) -> str:
         """The Keras model config of the network, as :func:`torchkeras_io.to_json`."""
-        from torchkeras_io.saving import to_json
-
-        return to_json(self.module, **kwargs)
+        return model_io.to_json(self.module, **kwargs)
 
     def to_yaml(self, **kwargs) -> str:
         """As :meth:`to_json`, in YAML."""
-        from torchkeras_io.saving import to_yaml
-
-        return to_yaml(self.module, **kwargs)
+        return model_io.to_yaml(self.module, **kwargs)
 
 
 # ------------------------------------------------------------------------------------ configs

@@ -9,14 +9,15 @@ otherwise. A root module that no adapter knows keeps its own tensors in Keras's
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Callable, Mapping, Optional, Sequence, Union
 
 from torch import nn
 
-from torchkeras_io._formats.legacy_h5 import legal_layer_name
-from torchkeras_io._layers import ADAPTERS, GENERIC, Adapter, KerasLayer, direct_tensors
+from torchkeras_io._formats.legacy_h5 import TOP_LEVEL, legal_layer_name
+from torchkeras_io._keras.keras3 import keras_snake
+from torchkeras_io._layers.base import Adapter, KerasLayer
 from torchkeras_io._layers.nested import NestedAdapter
+from torchkeras_io._layers.registry import GENERIC, adapter_for
 from torchkeras_io.errors import TorchKerasIOError
 
 LayerNames = Union[Mapping[str, Union[str, Sequence[str]]], Callable[[str], Union[str, Sequence[str], None]], None]
@@ -36,11 +37,6 @@ class Slot:
     @property
     def label(self) -> str:
         return self.path or type(self.module).__name__
-
-
-def snake_case(name: str) -> str:
-    s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", s).lower()
 
 
 def layer_modules(root: nn.Module, nested: frozenset = frozenset(), ctx: Optional[dict] = None):
@@ -64,9 +60,7 @@ def layer_modules(root: nn.Module, nested: frozenset = frozenset(), ctx: Optiona
             ]
             out.append((path, module, NestedAdapter(parts)))
             return
-        adapter = next((a for a in ADAPTERS if a.match(module)), None)
-        if adapter is None and direct_tensors(module):
-            adapter = GENERIC
+        adapter = adapter_for(module)
         if adapter is not None:
             out.append((path, module, adapter))
         if adapter is None or not adapter.claims_children:
@@ -112,9 +106,9 @@ def plan(root: nn.Module, layer_names: LayerNames = None, ctx: Optional[dict] = 
         given = layer_names(path) if callable(layer_names) else (layer_names or {}).get(path)
         layers = adapter.export(module, (ctx or {}).get(path))
         if path == "" and adapter is GENERIC and given is None:
-            top = Slot("", module, adapter, 0, "top_level_model_weights", layers[0])
+            top = Slot("", module, adapter, 0, TOP_LEVEL, layers[0])
             continue
-        base = given if given is not None else (path or snake_case(type(module).__name__))
+        base = given if given is not None else (path or keras_snake(type(module).__name__, split_digits=True))
         if isinstance(base, (list, tuple)):
             if len(base) != len(layers):
                 raise TorchKerasIOError(
@@ -125,7 +119,7 @@ def plan(root: nn.Module, layer_names: LayerNames = None, ctx: Optional[dict] = 
             names = [base] if len(layers) == 1 else [f"{base}_l{k}" for k in range(len(layers))]
         for k, (name, layer) in enumerate(zip(names, layers)):
             _check_name(name, path)
-            if name in used or name == "top_level_model_weights":
+            if name in used or name == TOP_LEVEL:
                 raise TorchKerasIOError(
                     f"Keras layer name '{name}' is used twice (modules '{used.get(name)}' and '{path}')"
                 )
@@ -144,7 +138,7 @@ def _check_nesting(used: dict) -> None:
         parts = name.split("/")
         for i in range(1, len(parts)):
             prefix, rest = "/".join(parts[:i]), "/".join(parts[i:])
-            clash = prefix == "top_level_model_weights" or (
+            clash = prefix == TOP_LEVEL or (
                 prefix in used and any(rest == own or rest.startswith(f"{own}/") for own in (prefix, "__torch__"))
             )
             if clash:

@@ -28,7 +28,8 @@ def _stem(base: str) -> str:
     return base[:100] + "~" + hashlib.sha1(base.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
-def _tmp_prefix(base: str) -> str:
+def tmp_prefix(base: str) -> str:
+    """How this process's temporary files for a target named ``base`` begin (host and pid in it)."""
     return f".{_stem(base)}.tkio-{_HOST}-{os.getpid()}-"
 
 
@@ -91,7 +92,7 @@ def atomic_write_path(filepath: os.PathLike | str, *, overwrite: bool = True) ->
     directory = os.path.dirname(target)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"directory does not exist: '{directory}'")
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(os.path.basename(target)), suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(os.path.basename(target)), suffix=".tmp", dir=directory)
     os.close(fd)
     try:
         yield tmp

@@ -8,13 +8,16 @@ on CPU), and ``Permute`` layers appear only where a consumer needs another order
 ``permute``/``transpose`` calls cost nothing, they just change ``perm``. Keras tensors always
 carry the batch first, so ``perm[0]`` is the torch axis holding the batch: sequence-first torch
 values ``(time, batch, features)`` are followed as Keras ``(batch, time, features)``.
+
+Tracing is :mod:`.tracer`'s; the Keras tensor (:class:`~torchkeras_io._layers.trace.KT`) and the
+layers common to many exporters are in :mod:`torchkeras_io._layers.trace`, which the family
+exporters share; operations with no built-in layer and tensors read in ``forward`` are in
+:mod:`.export_ext`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import operator
 import re
 from typing import Any, Optional, Sequence
@@ -24,52 +27,15 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from torchkeras_io._graph import export_ext as _export_ext
+from torchkeras_io._formats.legacy_h5 import KERAS_VERSION
+from torchkeras_io._graph import export_ext
+from torchkeras_io._graph.tracer import example_inputs, trace
+from torchkeras_io._keras.keras3 import keras_snake
 from torchkeras_io._layers.registry import WeightSource, exporter_for, function_exporter
+from torchkeras_io._layers.slicing import export_getitem
+from torchkeras_io._layers.trace import KT, binary, channels_last, dropped, out_spec, shape_op, softmax
+from torchkeras_io._placement import module_device
 from torchkeras_io.errors import TorchKerasIOError, UnsupportedLayerError
-
-KERAS_VERSION = "2.15.0"
-
-
-@dataclasses.dataclass(frozen=True)
-class KT:
-    """A Keras tensor during export: its producer, its axis order and the torch value's shape."""
-
-    ref: tuple  # (layer name, node index, tensor index)
-    perm: tuple  # keras tensor == torch tensor.permute(perm)
-    shape: tuple  # torch shape, batch axis first
-    dtype: torch.dtype
-
-    @property
-    def rank(self) -> int:
-        return len(self.shape)
-
-    @property
-    def batch_axis(self) -> int:
-        """The torch axis that holds the batch (Keras axis 0)."""
-        return self.perm[0]
-
-    @property
-    def keras_shape(self) -> tuple:
-        return tuple(self.shape[p] for p in self.perm)
-
-    def keras_axis(self, torch_axis: int) -> int:
-        """Position of torch axis ``torch_axis`` in the Keras tensor."""
-        return self.perm.index(torch_axis % self.rank)
-
-    def torch_order(self) -> tuple:
-        """torch's own axis order with the batch axis moved first (identity for batch-first values)."""
-        b = self.batch_axis
-        return (b,) + tuple(a for a in range(self.rank) if a != b)
-
-
-def identity(rank: int) -> tuple:
-    return tuple(range(rank))
-
-
-def channels_last(rank: int) -> tuple:
-    """torch (N, C, *spatial) -> Keras (N, *spatial, C)."""
-    return (0,) + tuple(range(2, rank)) + (1,) if rank >= 3 else identity(rank)
 
 
 class ExportContext:
@@ -101,6 +67,10 @@ class ExportContext:
         return UnsupportedLayerError(f"{where}: {what}", layer=node.name if node is not None else None)
 
     # -- layers
+    def layer_entry(self, name: str) -> Optional[dict]:
+        """The config entry of the layer named ``name`` (None for none)."""
+        return self._by_name.get(name)
+
     def add(self, class_name: str, config: dict, inputs, outputs: Sequence[tuple], *, name: str,
             kwargs: Optional[dict] = None, module: Optional[nn.Module] = None, part: int = 0,
             weights: Optional[WeightSource] = None) -> list:  # fmt: skip
@@ -179,190 +149,6 @@ def _target_name(node) -> str:
     return getattr(t, "__name__", None) or str(t)
 
 
-# ----------------------------------------------------------------------------------- tracing
-class _Tracer(torch.fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return exporter_for(m) is not None or super().is_leaf_module(m, qualname)
-
-
-def _trace(module: nn.Module, input_shapes=None, batch_axes=None) -> torch.fx.GraphModule:
-    """fx graph of ``module`` in eval mode (the export describes inference: ``self.training`` is False).
-
-    Optional ``forward`` parameters beyond the given inputs keep their defaults. Symbolic tracing
-    comes first; when Python control flow or a shape assert stops it, tracing runs again with
-    example inputs of the given shapes riding along (:class:`_ConcreteTracer`), so shape-dependent
-    branches and asserts specialise to the input shape the export fixes anyway.
-    """
-    concrete = _defaulted_args(module, len(input_shapes) if input_shapes is not None else None)
-    modes = [(m, m.training) for m in module.modules()]  # each module's own mode (a frozen BN stays frozen)
-    module.eval()
-    try:
-        try:
-            graph = _Tracer().trace(module, concrete_args=concrete or None)
-        except Exception as exc:  # fx raises many types for untraceable Python control flow
-            if input_shapes is None:
-                raise UnsupportedLayerError(f"{type(module).__name__} cannot be traced with torch.fx: {exc}") from exc
-            graph = _trace_concretely(module, input_shapes, batch_axes, concrete, exc)
-    finally:
-        for m, training in modes:
-            m.training = training
-    _drop_specialised_args(graph, len(input_shapes) if input_shapes is not None else None, concrete)
-    gm = torch.fx.GraphModule(module, graph)
-    from torchkeras_io._layers.functional import modules_for_functional_calls
-
-    modules_for_functional_calls(gm)  # F.conv2d(x, self.weight, ...) and the like: the standard module's call
-    return gm
-
-
-def _defaulted_args(module: nn.Module, n_inputs) -> dict:
-    """{name: default} of the ``forward`` parameters after the first ``n_inputs``: not model inputs."""
-    import inspect
-
-    try:
-        params = list(inspect.signature(module.forward).parameters.values())
-    except (TypeError, ValueError):
-        return {}
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    params = [p for p in params if p.kind in kinds]
-    if n_inputs is None:
-        n_inputs = sum(p.default is inspect.Parameter.empty for p in params)
-    return {p.name: p.default for p in params[n_inputs:] if p.default is not inspect.Parameter.empty}
-
-
-def _drop_specialised_args(graph, n_inputs, concrete: dict) -> None:
-    """Remove the placeholders fx keeps for defaulted arguments, with the asserts that check them."""
-    if not concrete or n_inputs is None:
-        return
-    extra = [n for n in graph.nodes if n.op == "placeholder"][n_inputs:]
-    tainted = set(extra)
-    for node in graph.nodes:
-        if any(a in tainted for a in node.all_input_nodes):
-            tainted.add(node)
-    for node in reversed(list(graph.nodes)):
-        if node in tainted and not node.users:
-            graph.erase_node(node)
-
-
-class _ConcreteProxy(torch.fx.Proxy):
-    """A proxy that also holds the value its node takes on the example inputs."""
-
-    def __len__(self):
-        return len(self.tracer.value_of(self))
-
-    def __index__(self):
-        return self.tracer.static(self).__index__()
-
-    def __int__(self):
-        return int(self.tracer.static(self))
-
-
-class _ConcreteTracer(_Tracer):
-    """fx tracing with example inputs riding along: Python can branch on shapes and iterate sizes."""
-
-    def __init__(self, inputs: dict) -> None:
-        super().__init__()
-        self._inputs = inputs  # placeholder name -> example value
-        self._values: dict = {}
-        self._computing = False  # inside a real call: fx's patched Module.__call__ / __getattr__ must not trace
-
-    def call_module(self, m, forward, args, kwargs):
-        return forward(*args, **kwargs) if self._computing else super().call_module(m, forward, args, kwargs)
-
-    def getattr(self, attr, attr_val, parameter_proxy_cache):
-        return attr_val if self._computing else super().getattr(attr, attr_val, parameter_proxy_cache)
-
-    def proxy(self, node):
-        return _ConcreteProxy(node, self)
-
-    def value_of(self, p):
-        return self._values[p.node]
-
-    def static(self, p):
-        v = self.value_of(p)
-        if isinstance(v, torch.Tensor):  # branching on tensor data would bake in the example's values
-            raise torch.fx.proxy.TraceError(f"control flow depends on the data of '{p.node.name}', not on shapes")
-        return v
-
-    def to_bool(self, obj) -> bool:
-        return bool(self.static(obj))
-
-    def iter(self, obj):
-        return iter([obj[i] for i in range(len(self.value_of(obj)))])
-
-    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
-        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
-        real = torch.fx.node.map_aggregate((args, kwargs), lambda a: self._values[a.node] if isinstance(
-            a, torch.fx.Proxy) else a)  # fmt: skip
-        a, kw = real
-        self._computing = True
-        try:
-            value = self._compute(kind, target, a, kw)
-        finally:
-            self._computing = False
-        self._values[proxy.node] = value
-        return proxy
-
-    def _compute(self, kind, target, a, kw):
-        with torch.no_grad():
-            if kind == "placeholder":
-                value = self._inputs.get(target, kw.get("default") if isinstance(kw, dict) else None)
-                if target not in self._inputs and a:
-                    value = a[0]  # a defaulted argument: its default
-            elif kind == "get_attr":
-                value = self.root
-                for part in str(target).split("."):
-                    value = getattr(value, part)
-            elif kind == "call_function":
-                value = target(*a, **kw)
-            elif kind == "call_method":
-                value = getattr(a[0], target)(*a[1:], **kw)
-            elif kind == "call_module":
-                value = self.root.get_submodule(target)(*a, **kw)
-            else:
-                value = None
-        return value
-
-
-def _trace_concretely(module, input_shapes, batch_axes, concrete, first_error):
-    import inspect
-
-    names = [p for p in inspect.signature(module.forward).parameters][: len(input_shapes)]
-    device = _module_device(module)
-    errors = []
-    for make in (torch.randn, lambda s: torch.zeros(s, dtype=torch.long)):  # float inputs, else token ids
-        inputs = {}
-        for name, shape, b in zip(names, input_shapes, batch_axes or [0] * len(input_shapes)):
-            shape = [8 if s is None else int(s) for s in shape]
-            inputs[name] = make(tuple(shape[:b] + [2] + shape[b:])).to(device)
-        try:
-            return _ConcreteTracer(inputs).trace(module, concrete_args=concrete or None)
-        except Exception as exc:  # noqa: PERF203 - at most two tries
-            errors.append(exc)
-    raise UnsupportedLayerError(f"{type(module).__name__} cannot be traced with torch.fx: {first_error}; nor with "
-                                f"example inputs of the given shapes: {errors[0]}") from errors[0]  # fmt: skip
-
-
-def _example_inputs(gm: torch.fx.GraphModule, input_shapes: list, batch_axes: list) -> list:
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != len(input_shapes):
-        raise TorchKerasIOError(f"the module takes {len(placeholders)} input(s); input_shape gives {len(input_shapes)}")
-    out = []
-    g = torch.Generator().manual_seed(0)
-    for node, shape, b in zip(placeholders, input_shapes, batch_axes):
-        shape = [8 if s is None else int(s) for s in shape]
-        shape = tuple(shape[:b] + [2] + shape[b:])
-        feeds_embedding = any(u.op == "call_module" and isinstance(gm.get_submodule(u.target), nn.Embedding)
-                              for u in node.users)  # fmt: skip
-        out.append(torch.zeros(shape, dtype=torch.long) if feeds_embedding else torch.randn(shape, generator=g))
-    return out
-
-
-def _module_device(module: nn.Module) -> torch.device:
-    from torchkeras_io._placement import module_device  # parameters and buffers: a module of buffers has a device too
-
-    return module_device(module)
-
-
 # ------------------------------------------------------------------------------------ export
 def _batch_axes(batch_axis, shapes: list) -> list:
     axes = list(batch_axis) if isinstance(batch_axis, (list, tuple)) else [batch_axis] * len(shapes)
@@ -374,8 +160,6 @@ def _batch_axes(batch_axis, shapes: list) -> list:
 
 def export_config(module: nn.Module, input_shape=None, *, channels_last_io: bool = False, batch_axis=0) -> tuple:
     """(Keras model config dict, weight sources, context) for ``module``."""
-    from torchkeras_io import _layers as _adapters  # noqa: F401  (registers the family exporters)
-
     if input_shape is None:
         input_shape = _guess_input_shape(module)
     shapes = [tuple(input_shape)] if not input_shape or not isinstance(input_shape[0], (list, tuple)) else [
@@ -383,19 +167,19 @@ def export_config(module: nn.Module, input_shape=None, *, channels_last_io: bool
     batch_axes = _batch_axes(batch_axis, shapes)
     if channels_last_io and any(batch_axes):
         raise TorchKerasIOError("channels_last=True needs batch-first inputs (batch_axis=0)")
-    gm = _trace(module, shapes, batch_axes)
+    gm = trace(module, shapes, batch_axes)
     interp = torch.fx.Interpreter(gm, garbage_collect_values=False)
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad():
-            interp.run(*[x.to(_module_device(module)) for x in _example_inputs(gm, shapes, batch_axes)])
+            interp.run(*[x.to(module_device(module)) for x in example_inputs(gm, shapes, batch_axes)])
     except Exception as exc:
         raise TorchKerasIOError(f"running {type(module).__name__} on inputs of shape {shapes} failed: {exc}") from exc
     finally:
         module.train(was_training)
     values = interp.env
-    ctx = ExportContext(module, _snake(type(module).__name__))
+    ctx = ExportContext(module, keras_snake(type(module).__name__, split_digits=True))
     env: dict = {}
     outputs = None
     placeholders = iter(batch_axes)
@@ -407,8 +191,8 @@ def export_config(module: nn.Module, input_shape=None, *, channels_last_io: bool
             env[node] = ctx.input(node.name, tuple(v.shape), v.dtype, perm)
         elif node.op == "output":
             outputs = _map(node.args[0], env)
-        elif node.op == "get_attr":  # a parameter or buffer read in forward: a Keras weight (_export_ext)
-            env[node] = _export_ext.export_param(ctx, gm, node, values[node])
+        elif node.op == "get_attr":  # a parameter or buffer read in forward: a Keras weight
+            env[node] = export_ext.export_param(ctx, gm, node, values[node])
         else:
             args = _map(node.args, env)
             kwargs = _map(node.kwargs, env)
@@ -454,11 +238,6 @@ def _guess_input_shape(module: nn.Module):
                             "cannot be inferred")  # fmt: skip
 
 
-def _snake(name: str) -> str:
-    s = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", s).lower()
-
-
 def _map(x, env):
     if isinstance(x, torch.fx.Node):
         return env[x]
@@ -474,8 +253,6 @@ def to_json_string(config: dict) -> str:
 
 
 # ------------------------------------------------------------------------- functions, methods
-def _out(ctx: ExportContext, x: KT, value: torch.Tensor, perm=None) -> tuple:
-    return (tuple(value.shape), tuple(perm if perm is not None else x.perm), value.dtype)
 
 
 def _activation(ctx, x: KT, value, activation: str) -> KT:
@@ -501,7 +278,7 @@ def _export_op(ctx: ExportContext, node, args, kwargs, value) -> Any:
         return value  # arithmetic on shapes (``c // groups``): static once the input shape is fixed
     if node.kwargs.get("inplace") and not node.users:  # ``F.relu(x, inplace=True); return x``: the graph
         raise ctx.fail("an in-place operation whose result is never used (use its result: x = F.relu(x))")
-    handled = _export_ext.export_op(ctx, node, args, kwargs, value)  # matmul, roll, comparisons, parameters
+    handled = export_ext.export_op(ctx, node, args, kwargs, value)  # matmul, roll, comparisons, parameters
     if handled is not NotImplemented:
         return handled
     if node.op == "call_method":
@@ -517,9 +294,9 @@ def _export_op(ctx: ExportContext, node, args, kwargs, value) -> Any:
         if name in _METHOD_ACTIVATIONS:
             return _activation(ctx, x, value, _METHOD_ACTIVATIONS[name])
         if name in _METHOD_BINARY:
-            return _binary(ctx, _METHOD_BINARY[name], args[0], args[1] if len(args) > 1 else kwargs.get("other"), value)
+            return binary(ctx, _METHOD_BINARY[name], args[0], args[1] if len(args) > 1 else kwargs.get("other"), value)
         if name in ("permute", "transpose", "view", "reshape", "flatten", "mean", "softmax", "unsqueeze", "squeeze"):
-            return _shape_op(ctx, name, x, args[1:], kwargs, value)
+            return shape_op(ctx, name, x, args[1:], kwargs, value)
         raise ctx.fail(f"tensor method '{name}' has no Keras equivalent")
     registered = function_exporter(target)  # family exporters of torch functions (pooling, dropout, ...)
     if registered is not None:
@@ -540,9 +317,9 @@ def _export_op(ctx: ExportContext, node, args, kwargs, value) -> Any:
         return ctx.add1("ELU", {"alpha": float(alpha)}, args[0], tuple(value.shape), args[0].perm, name=node.name)
     if target in (F.softmax, torch.softmax):
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
-        return _softmax(ctx, args[0], dim, value)
+        return softmax(ctx, args[0], dim, value)
     if target in _BINARY:
-        return _binary(ctx, _BINARY[target], args[0], args[1], value)
+        return binary(ctx, _BINARY[target], args[0], args[1], value)
     if target in (torch.cat, torch.concat, torch.concatenate):
         tensors = list(args[0])
         dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
@@ -553,11 +330,11 @@ def _export_op(ctx: ExportContext, node, args, kwargs, value) -> Any:
         axis = first.keras_axis(dim)
         if axis == 0:
             raise ctx.fail("concatenation along the batch axis")
-        return ctx.add("Concatenate", {"axis": axis}, aligned, [_out(ctx, first, value)], name=node.name)[0]
+        return ctx.add("Concatenate", {"axis": axis}, aligned, [out_spec(ctx, first, value)], name=node.name)[0]
     if target in (torch.flatten,):
-        return _shape_op(ctx, "flatten", args[0], args[1:], kwargs, value)
+        return shape_op(ctx, "flatten", args[0], args[1:], kwargs, value)
     if target in (torch.permute, torch.transpose, torch.reshape, torch.mean, torch.unsqueeze, torch.squeeze):
-        return _shape_op(ctx, target.__name__, args[0], args[1:], kwargs, value)
+        return shape_op(ctx, target.__name__, args[0], args[1:], kwargs, value)
     if target is operator.getitem:
         return _getitem(ctx, args[0], args[1], value)
     if target in (F.adaptive_avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool3d):
@@ -588,38 +365,6 @@ def _has_kt(x) -> bool:
     return False
 
 
-def _softmax(ctx, x: KT, dim, value) -> KT:
-    if dim is None:
-        raise ctx.fail("softmax without an explicit dim")
-    return ctx.add1("Softmax", {"axis": x.keras_axis(dim)}, x, tuple(value.shape), x.perm, name=ctx.node.name)
-
-
-def _binary(ctx, op: str, a, b, value) -> KT:
-    if isinstance(a, KT) and isinstance(b, KT):
-        b = ctx.permute(b, a.perm) if b.rank == a.rank else b
-        if b.rank != a.rank:
-            raise ctx.fail("broadcasting tensors of different rank")
-        cls = {"add": "Add", "sub": "Subtract", "mul": "Multiply"}.get(op)
-        if cls is None:
-            raise ctx.fail("division of two tensors has no Keras layer")
-        return ctx.add(cls, {}, [a, b], [_out(ctx, a, value)], name=ctx.node.name)[0]
-    x, c = (a, b) if isinstance(a, KT) else (b, a)
-    if isinstance(c, torch.Tensor) or not isinstance(c, (int, float)):
-        raise ctx.fail("arithmetic with a constant tensor has no Keras layer (only Python numbers)")
-    c = float(c)
-    if op == "add":
-        scale, offset = 1.0, c
-    elif op == "sub":
-        scale, offset = (1.0, -c) if isinstance(a, KT) else (-1.0, c)
-    elif op == "mul":
-        scale, offset = c, 0.0
-    elif isinstance(a, KT):
-        scale, offset = 1.0 / c, 0.0
-    else:
-        raise ctx.fail("a number divided by a tensor has no Keras layer")
-    return ctx.add1("Rescaling", {"scale": scale, "offset": offset}, x, tuple(value.shape), x.perm, name=ctx.node.name)
-
-
 def _global_pool(ctx, x: KT, size, value, cls: str) -> KT:
     sizes = size if isinstance(size, (list, tuple)) else [size]
     if any(s != 1 for s in sizes):
@@ -628,69 +373,6 @@ def _global_pool(ctx, x: KT, size, value, cls: str) -> KT:
     rank = x.rank - 2
     return ctx.add1(f"{cls}{rank}D", {"keepdims": True}, x, tuple(value.shape), channels_last(value.dim()),
                     name=ctx.node.name)  # fmt: skip
-
-
-def _dims(args) -> list:
-    if len(args) == 1 and isinstance(args[0], (list, tuple)):
-        return list(args[0])
-    return list(args)
-
-
-def _shape_op(ctx, name: str, x: KT, args, kwargs, value) -> Any:
-    rank = x.rank
-    if name == "permute":
-        d = [a % rank for a in _dims(args or kwargs.get("dims"))]
-        return _repermuted(ctx, x, d, value)
-    if name == "transpose":
-        a, b = (args[0] % rank, args[1] % rank) if len(args) >= 2 else (kwargs["dim0"] % rank, kwargs["dim1"] % rank)
-        d = list(range(rank))
-        d[a], d[b] = d[b], d[a]
-        return _repermuted(ctx, x, d, value)
-    if name == "mean":
-        dims = args[0] if args else kwargs.get("dim")
-        dims = sorted(d % rank for d in (dims if isinstance(dims, (list, tuple)) else [dims]))
-        keep = bool(args[1] if len(args) > 1 else kwargs.get("keepdim", False))
-        if rank >= 3 and dims == list(range(2, rank)):
-            x = ctx.as_channels_last(x)
-            perm = channels_last(value.dim()) if keep else identity(value.dim())
-            return ctx.add1(f"GlobalAveragePooling{rank - 2}D", {"keepdims": keep}, x, tuple(value.shape), perm,
-                            name=ctx.node.name)  # fmt: skip
-        if rank == 3 and len(dims) == 1 and dims[0] != x.batch_axis and not keep:  # over time: (N, L, C) or (L, N, C)
-            b, t = x.batch_axis, dims[0]
-            x = ctx.permute(x, (b, t, 3 - b - t))
-            return ctx.add1(
-                "GlobalAveragePooling1D", {}, x, tuple(value.shape), _dropped(x.perm, t), name=ctx.node.name
-            )
-        raise ctx.fail(f"mean over axes {dims} of a rank-{rank} tensor")
-    if name == "softmax":
-        dim = args[0] if args else kwargs.get("dim")
-        return _softmax(ctx, x, dim, value)
-    # view / reshape / flatten / (un)squeeze: Keras reshapes in its own axis order, so go torch order
-    if x.batch_axis != 0:
-        raise ctx.fail("reshaping a tensor whose batch is not its first axis (make it batch-first, e.g. "
-                       ".transpose(0, 1), before reshaping)")  # fmt: skip
-    x = ctx.as_torch(x)
-    out_shape = tuple(value.shape)
-    if out_shape[0] != x.shape[0]:
-        raise ctx.fail("reshaping across the batch axis")
-    if len(out_shape) == 2 and out_shape[1] == math.prod(x.shape[1:]):
-        if x.rank == 2:
-            return x
-        return ctx.add1("Flatten", {}, x, out_shape, identity(2), name=ctx.node.name)
-    return ctx.add1("Reshape", {"target_shape": list(out_shape[1:])}, x, out_shape, identity(len(out_shape)),
-                    name=ctx.node.name)  # fmt: skip
-
-
-def _repermuted(ctx, x: KT, d: list, value) -> KT:
-    inv = [0] * len(d)
-    for i, di in enumerate(d):
-        inv[di] = i
-    return KT(x.ref, tuple(inv[p] for p in x.perm), tuple(value.shape), x.dtype)
-
-
-def _dropped(perm: tuple, axis: int) -> tuple:
-    """``perm`` of a tensor after torch axis ``axis`` is indexed or reduced away."""
-    return tuple(p - (p > axis) for p in perm if p != axis)
 
 
 def _getitem(ctx, x, index, value) -> Any:
@@ -711,8 +393,6 @@ def _getitem(ctx, x, index, value) -> Any:
         one = tuple(1 if a == t else n for a, n in enumerate(x.shape))
         cropped = ctx.add1("Cropping1D", {"cropping": [i, length - i - 1]}, seq, one, seq.perm,
                            name=f"{ctx.node.name}_crop")  # fmt: skip
-        return ctx.add1("Reshape", {"target_shape": [x.shape[c]]}, cropped, tuple(value.shape), _dropped(seq.perm, t),
+        return ctx.add1("Reshape", {"target_shape": [x.shape[c]]}, cropped, tuple(value.shape), dropped(seq.perm, t),
                         name=ctx.node.name)  # fmt: skip
-    from torchkeras_io._layers.slicing import export_getitem  # slices, integer indices, None, Ellipsis on any axis
-
-    return export_getitem(ctx, x, index, value)
+    return export_getitem(ctx, x, index, value)  # slices, integer indices, None, Ellipsis on any axis

@@ -5,13 +5,13 @@ Parameters and buffers read in ``forward`` (class tokens, position embeddings, l
 relative position bias tables) become Keras *weights*: a ``LayerNormalization`` with ``beta``
 alone (``center=True, scale=False``) applied to zeros of the tensor's shape returns ``beta``
 exactly (``(0 - 0) * rsqrt(0 + eps) + beta``), and ``beta`` has the normalised axes' shape, so
-the weight has the torch tensor's own shape. Both Kerases and our loader rebuild the layer, and
-``load_weights`` restores it like any other.
+the weight has the torch tensor's own shape (:func:`torchkeras_io._layers.trace.tensor_weight`).
+Both Kerases and our loader rebuild the layer, and ``load_weights`` restores it like any other.
 
 Operations with no layer become each Keras's own operation nodes: the export config (the
 tf-keras dialect) gets ``TFOpLambda`` layers naming a ``tf.*`` function, exactly as tf-keras
-writes them; :mod:`._keras.ops_export` turns those into ``keras.ops`` nodes for the Keras 3
-dialect. docs/export_ops.md lists which torch operation takes which form.
+writes them; :mod:`torchkeras_io._keras.ops_export` turns those into ``keras.ops`` nodes for the
+Keras 3 dialect. docs/export_ops.md lists which torch operation takes which form.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from torchkeras_io._layers.base import direct_tensors
+from torchkeras_io._layers.trace import KT, binary, gelu_tanh, identity, keras_layer, matmul, roll, tensor_weight, tf_op
+
 _NOT_HANDLED = NotImplemented
 
 
 # ----------------------------------------------------------------------------- helpers
 def _kts(x) -> list:
-    from torchkeras_io._graph.export import KT
-
     if isinstance(x, KT):
         return [x]
     if isinstance(x, (list, tuple)):
@@ -39,82 +40,7 @@ def _kts(x) -> list:
     return []
 
 
-def tf_op(ctx, function: str, x, kwargs: dict, shape, perm, dtype, name: str):
-    """A ``TFOpLambda`` calling ``tf.<function>(x, **kwargs)``, as tf-keras records one."""
-    y = ctx.add("TFOpLambda", {"function": function}, x, [(tuple(shape), tuple(perm), dtype)], name=name,
-                kwargs={**kwargs, "name": None})[0]  # fmt: skip
-    # tf-keras writes an op's node as the bare entry [layer, node, tensor, kwargs]: wrapped in a
-    # list, as other layers' nodes are, it would read list arguments (gather indices) as tensors
-    nodes = ctx._by_name[y.ref[0]]["inbound_nodes"]
-    nodes[-1] = nodes[-1][0]
-    return y
-
-
-def _layer(ctx, cls: str, cfg: dict, x, shape, name: str, **kw):
-    """A layer on a tensor followed in Keras's own order (identity ``perm``)."""
-    from torchkeras_io._graph.export import identity
-
-    return ctx.add1(cls, cfg, x, tuple(shape), identity(len(shape)), name=name, **kw)
-
-
 # ------------------------------------------------------------------------ parameters as weights
-class ParamAdapter:
-    """The weights of the ``LayerNormalization`` standing for ``module.<attr>``: ``beta`` only."""
-
-    family = "param"
-
-    def __init__(self, attr: str) -> None:
-        self.attr = attr
-
-    def export(self, module, ctx=None):
-        from torchkeras_io._layers.base import KerasLayer
-        from torchkeras_io._tensors import Lazy
-
-        return [KerasLayer("LayerNormalization", [Lazy.of("beta", getattr(module, self.attr))])]
-
-
-def _zeros(ctx, shape: tuple):
-    """A Keras tensor of zeros, ``(batch, *shape)``, derived from the model's first input.
-
-    ``ReLU(max_value=0)`` makes 0 of every finite or infinite input value (a NaN in the input's
-    first element stays NaN, and so do the tensors made from it); the rest are built-in reshaping
-    layers, so the zeros are exact in every Keras."""
-    cache = ctx.__dict__.setdefault("_tk_zeros", {})
-    if "one" not in cache:
-        entry = next(e for e in ctx.layers if e["class_name"] == "InputLayer")
-        if entry["config"]["dtype"] != "float32":
-            raise ctx.fail("a tensor attribute in a model whose first input is not float32")
-        kshape = entry["config"]["batch_input_shape"]
-        from torchkeras_io._graph.export import KT
-
-        src = KT((entry["name"], 0, 0), tuple(range(len(kshape))), (2, *kshape[1:]), torch.float32)
-        n = math.prod(kshape[1:])
-        flat = _layer(ctx, "Reshape", {"target_shape": [n, 1]}, src, (2, n, 1), "tensor_source_flat")
-        one = _layer(ctx, "Cropping1D", {"cropping": [0, n - 1]}, flat, (2, 1, 1), "tensor_source_pick")
-        cache["one"] = _layer(ctx, "ReLU", {"max_value": 0.0, "negative_slope": 0.0, "threshold": 0.0}, one,
-                              (2, 1, 1), "tensor_source_zero")  # fmt: skip
-    if shape not in cache:
-        n = math.prod(shape)
-        z = cache["one"]
-        if n != 1:
-            z = _layer(ctx, "UpSampling1D", {"size": n}, z, (2, n, 1), "tensor_source_zeros")
-        cache[shape] = _layer(ctx, "Reshape", {"target_shape": list(shape)}, z, (2, *shape), "tensor_source_shape")
-    return cache[shape]
-
-
-def tensor_weight(ctx, module, attr: str, name: str, adapter=None):
-    """``module.<attr>`` as a Keras tensor ``(batch, *shape)`` held by a weight of layer ``name``."""
-    from torchkeras_io._layers.registry import WeightSource
-
-    t = getattr(module, attr)
-    if not t.is_floating_point():
-        raise ctx.fail(f"integer tensor '{attr}' used directly in forward")
-    shape = tuple(t.shape)
-    zeros = _zeros(ctx, shape)
-    cfg = {"axis": list(range(1, len(shape) + 1)), "epsilon": 1e-3, "center": True, "scale": False}
-    source = WeightSource("", module, adapter or ParamAdapter(attr), 0, None)
-    return _layer(ctx, "LayerNormalization", cfg, zeros, (2, *shape), name, module=module, part=("param", attr),
-                  weights=source)  # fmt: skip
 
 
 def export_param(ctx, gm, node, value):
@@ -126,9 +52,6 @@ def export_param(ctx, gm, node, value):
     the owning module's path when the tensor is the module's only one, so that by-name loading
     of the file into the torch model pairs it with that module (``torchkeras_io.load_weights``).
     """
-    from torchkeras_io._graph.export import KT, identity
-    from torchkeras_io._layers.base import direct_tensors
-
     if not isinstance(value, torch.Tensor):
         return value
     owner_path, _, attr = str(node.target).rpartition(".")
@@ -147,7 +70,7 @@ def export_param(ctx, gm, node, value):
     y = tensor_weight(ctx, real, attr, name)
     shape = tuple(value.shape)
     if len(shape) >= 2 and shape[0] == 1:  # the leading 1 is torch's batch broadcast
-        y = _layer(ctx, "Reshape", {"target_shape": list(shape[1:])}, y, shape, f"{name}_batch")
+        y = keras_layer(ctx, "Reshape", {"target_shape": list(shape[1:])}, y, shape, f"{name}_batch")
         out = KT(y.ref, identity(len(shape)), shape, value.dtype)
     else:
         out = KT(y.ref, identity(len(shape) + 1), (1, *shape), value.dtype)
@@ -162,13 +85,11 @@ def _is_param(ctx, x) -> bool:
 
 def _param_at_rank(ctx, p, rank: int):
     """Parameter ``p`` broadcast as torch does against a value of ``rank`` axes: ones in front."""
-    from torchkeras_io._graph.export import KT, identity
-
     if p.rank >= rank:
         return p
     base, shape, name = ctx._tk_param_refs[p.ref]
     full = (1,) * (rank - len(shape)) + shape
-    y = _layer(ctx, "Reshape", {"target_shape": list(full[1:])}, base, full, f"{name}_rank{rank}")
+    y = keras_layer(ctx, "Reshape", {"target_shape": list(full[1:])}, base, full, f"{name}_rank{rank}")
     out = KT(y.ref, identity(rank), full, p.dtype)
     ctx._tk_param_refs[out.ref] = (base, shape, name)
     return out
@@ -181,13 +102,11 @@ _ARITH = {operator.add: "add", torch.add: "add", operator.sub: "sub", torch.sub:
 def _param_binary(ctx, op: str, a, b, value):
     """Arithmetic with a parameter: its rank brought to the other's, the activation first when
     the order does not matter (the parameter is permuted to the activation's layout, not the reverse)."""
-    from torchkeras_io._graph.export import _binary
-
     if hasattr(a, "ref") and hasattr(b, "ref"):
         a, b = _param_at_rank(ctx, a, b.rank), _param_at_rank(ctx, b, a.rank)
         if op in ("add", "mul") and _is_param(ctx, a) and not _is_param(ctx, b):
             a, b = b, a
-    return _binary(ctx, op, a, b, value)
+    return binary(ctx, op, a, b, value)
 
 
 # ----------------------------------------------------------------------------------- operations
@@ -259,11 +178,6 @@ def export_op(ctx, node, args, kwargs, value) -> Any:
     return _NOT_HANDLED
 
 
-def gelu_tanh(ctx, x, value, name: str):
-    """``tf.nn.gelu(x, approximate=True)`` (Keras 3: ``keras.ops.gelu(x, approximate=True)``)."""
-    return tf_op(ctx, "nn.gelu", x, {"approximate": True}, value.shape, x.perm, value.dtype, name)
-
-
 def _compare(ctx, function: str, a, b, value):
     if hasattr(b, "ref"):
         b = ctx.permute(b, a.perm) if b.rank == a.rank else b
@@ -284,8 +198,6 @@ def _cast(ctx, x, value):
 
 def _expand(ctx, x, value):
     """``expand`` that only broadcasts the batch axis (a class token to the batch) is a no-op in Keras."""
-    from torchkeras_io._graph.export import KT
-
     shape = tuple(value.shape)
     if len(shape) == x.rank and all(s == t or a == x.batch_axis for a, (s, t) in enumerate(zip(shape, x.shape))):
         return KT(x.ref, x.perm, shape, x.dtype)
@@ -303,11 +215,6 @@ def _roll(ctx, x, shifts, dims=None, value=None):
     return roll(ctx, x, [int(s) for s in shifts], axes, value.shape, ctx.node.name)
 
 
-def roll(ctx, x, shifts: list, axes: list, shape, name: str):
-    """``tf.roll`` (Keras 3: ``keras.ops.roll``) over Keras axes ``axes``."""
-    return tf_op(ctx, "roll", x, {"shift": shifts, "axis": axes}, shape, x.perm, x.dtype, name)
-
-
 def _matmul(ctx, a, b, value):
     if not (hasattr(a, "ref") and hasattr(b, "ref")):
         raise ctx.fail("matmul with a constant tensor")
@@ -317,15 +224,10 @@ def _matmul(ctx, a, b, value):
     return matmul(ctx, a, b, value.shape, ctx.node.name)
 
 
-def matmul(ctx, a, b, shape, name: str):
-    """``tf.linalg.matmul(a, b)`` over the last two Keras axes (Keras 3: ``keras.ops.matmul``)."""
-    return tf_op(ctx, "linalg.matmul", a, {"b": b}, shape, a.perm, a.dtype, name)
-
-
 def _pad(ctx, args, kwargs, value):
     """``F.pad`` with a constant other than 0, or of the batch-free non-spatial axes: ``tf.pad``
     (Keras 3: ``keras.ops.pad``). Zeros, edge copies and reflections of spatial axes are left to
-    the built-in-layer exporter of ``F.pad`` (``_adapters/pooling.py``)."""
+    the built-in-layer exporter of ``F.pad`` (``_layers/pooling.py``)."""
     x = args[0]
     call = {**dict(zip(("input", "pad", "mode", "value"), args)), **kwargs}
     pad, mode = [int(p) for p in call["pad"]], call.get("mode", "constant")
@@ -346,8 +248,6 @@ def _pad(ctx, args, kwargs, value):
 def _sdpa(ctx, args, kwargs, value):
     """``F.scaled_dot_product_attention`` without mask or dropout: ``softmax(q k^T * scale) v`` from
     ``Rescaling``, ``Permute``, two matmul ops and ``Softmax``."""
-    from torchkeras_io._graph.export import identity
-
     names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
     call = {**dict(zip(names, args)), **kwargs}
     if call.get("attn_mask") is not None or call.get("is_causal") or call.get("dropout_p", 0.0):
@@ -378,11 +278,11 @@ def _patch_merging(ctx, x, value):
     if H % 2 or W % 2:  # F.pad(x, (0, 0, 0, W % 2, 0, H % 2)): zeros after the last row / column
         pad_h, pad_w = H % 2, W % 2
         H, W = H + pad_h, W + pad_w
-        x = _layer(ctx, "ZeroPadding2D", {"padding": [[0, pad_h], [0, pad_w]], "data_format": "channels_last"}, x,
+        x = keras_layer(ctx, "ZeroPadding2D", {"padding": [[0, pad_h], [0, pad_w]], "data_format": "channels_last"}, x,
                    (x.shape[0], H, W, C), f"{name}_pad")  # fmt: skip
     b = x.shape[0]
-    y = _layer(ctx, "Reshape", {"target_shape": [H // 2, 2, W // 2, 2, C]}, x, (b, H // 2, 2, W // 2, 2, C),
+    y = keras_layer(ctx, "Reshape", {"target_shape": [H // 2, 2, W // 2, 2, C]}, x, (b, H // 2, 2, W // 2, 2, C),
                f"{name}_split")  # fmt: skip
     # (row pair i, column pair j) -> channel block 2*j + i: x0 = (0, 0), x1 = (1, 0), x2 = (0, 1), x3 = (1, 1)
-    y = _layer(ctx, "Permute", {"dims": [1, 3, 4, 2, 5]}, y, (b, H // 2, W // 2, 2, 2, C), f"{name}_order")
-    return _layer(ctx, "Reshape", {"target_shape": [H // 2, W // 2, 4 * C]}, y, tuple(value.shape), name)
+    y = keras_layer(ctx, "Permute", {"dims": [1, 3, 4, 2, 5]}, y, (b, H // 2, W // 2, 2, 2, C), f"{name}_order")
+    return keras_layer(ctx, "Reshape", {"target_shape": [H // 2, W // 2, 4 * C]}, y, tuple(value.shape), name)

@@ -1,6 +1,6 @@
 """Keras model configs of every generation, normalised to one graph form.
 
-Dialects (shared/reference/keras_h5_formats.md §6): Keras 1 (list-style Sequential,
+Dialects (docs/keras_formats.md §6): Keras 1 (list-style Sequential,
 ``Convolution2D``, ``border_mode``, 3-element node refs), Keras 2.0–2.1 (list-style Sequential),
 Keras 2.2–2.3 and tf.keras (dict Sequential, ``[layer, node, tensor, kwargs]`` refs, nested
 models counted from node 1), Keras 3 (``module``/``registered_name``, ``batch_shape``,
@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Optional, Union
+from typing import Any, Collection, Optional, Union
 
 from torchkeras_io.errors import FileFormatError
 
 MAX_DEPTH = 64  # nested models / wrappers; deeper configs are refused, not recursed into
 MAX_VALUE_DEPTH = 512  # objects and lists inside one layer config (a wrapped model adds a few per level)
 
-MODEL_CLASSES = {"Sequential", "Functional", "Model"}
+MODEL_CLASSES = frozenset({"Sequential", "Functional", "Model"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +65,53 @@ class ModelDef:
             if layer.name == name:
                 return layer
         raise KeyError(name)
+
+
+# ------------------------------------------------------------------------------ raw configs
+def config_layers(config: Any, *, nested: bool = False) -> list:
+    """The layer entries (``{"class_name", "config", ...}`` dicts) of a raw model config of any
+    Keras generation, in config order, without a Sequential's InputLayer (Keras's ``model.layers``
+    has none); a nested model is one entry. Nothing is checked: what is not a layer entry is left out.
+
+    ``nested``: each entry is followed by the layers inside it, depth first: a nested model's
+    (as listed here) and a wrapper's (``layer``, ``forward_layer``, ``backward_layer``)."""
+    if not isinstance(config, dict):
+        return []
+    inner = config.get("config", config)
+    layers = inner.get("layers") if isinstance(inner, dict) else inner  # Keras 1 / 2.0 Sequential: a list
+    layers = [e for e in layers if isinstance(e, dict)] if isinstance(layers, list) else []
+    if config.get("class_name") == "Sequential" and layers and layers[0].get("class_name") == "InputLayer":
+        layers = layers[1:]
+    if not nested:
+        return layers
+    out: list = []
+    for entry in layers:
+        _with_inner_layers(entry, out, 0)
+    return out
+
+
+def _with_inner_layers(entry: dict, out: list, depth: int) -> None:
+    out.append(entry)
+    if depth >= MAX_DEPTH:  # what the parser refuses is not walked into
+        return
+    if entry.get("class_name") in MODEL_CLASSES:
+        for e in config_layers(entry):
+            _with_inner_layers(e, out, depth + 1)
+        return
+    cfg = entry.get("config")
+    for key in ("layer", "forward_layer", "backward_layer") if isinstance(cfg, dict) else ():
+        if isinstance(cfg.get(key), dict):
+            _with_inner_layers(cfg[key], out, depth + 1)
+
+
+def entry_name(entry: dict) -> Optional[str]:
+    """The layer name of a raw layer entry: the entry's own (Keras 1/2 functional), else its
+    config's, the precedence the parser gives them (:func:`parse_layer`)."""
+    cfg = entry.get("config")
+    for name in (entry.get("name"), (cfg.get("name") if isinstance(cfg, dict) else None)):
+        if isinstance(name, str):
+            return name
+    return None
 
 
 # ------------------------------------------------------------------------------------ Keras 1
@@ -152,6 +199,47 @@ def _keras1_layer(class_name: str, cfg: dict) -> tuple[str, dict]:
     return cls, out
 
 
+def keras2_config(config: dict) -> dict:
+    """A raw model config of any Keras 1/2 dialect in the Keras 2.2+ one, which the Keras 3
+    conversion (:func:`._keras.keras3.to_keras3`) reads: a list-style Sequential config (Keras 1,
+    2.0–2.1) becomes ``{"name", "layers"}``, and a Keras 1 config's classes and arguments get
+    their Keras 2 names (as the parser gives them), wrapped layers and nested models included.
+    Anything else is returned as it is; ``config`` is not modified."""
+    keras1 = generation_of(None, config) == 1
+    if not keras1 and not _has_list_sequential(config, 0):
+        return config
+    return _keras2_entry(config, keras1, 0)
+
+
+def _has_list_sequential(entry: Any, depth: int) -> bool:
+    if depth > MAX_DEPTH or not isinstance(entry, dict) or entry.get("class_name") not in MODEL_CLASSES:
+        return False
+    cfg = entry.get("config")
+    return isinstance(cfg, list) or any(_has_list_sequential(e, depth + 1) for e in config_layers(entry))
+
+
+def _keras2_entry(entry: Any, keras1: bool, depth: int) -> Any:
+    if depth > MAX_DEPTH:
+        raise _fail(f"models nested more than {MAX_DEPTH} deep")
+    if not isinstance(entry, dict) or not isinstance(entry.get("config"), (dict, list)):
+        return entry
+    class_name, cfg = entry.get("class_name"), entry["config"]
+    out = dict(entry)
+    if class_name in MODEL_CLASSES:
+        if isinstance(cfg, list):
+            cfg = {"name": entry_name(entry) or "sequential", "layers": cfg}
+        cfg = dict(cfg)
+        if isinstance(cfg.get("layers"), list):
+            cfg["layers"] = [_keras2_entry(e, keras1, depth + 1) for e in cfg["layers"]]
+    elif keras1 and isinstance(class_name, str) and isinstance(cfg, dict):
+        class_name, cfg = _keras1_layer(class_name, cfg)
+        for key in ("layer", "backward_layer"):  # wrappers
+            if key in cfg:
+                cfg[key] = _keras2_entry(cfg[key], keras1, depth + 1)
+    out["class_name"], out["config"] = class_name, cfg
+    return out
+
+
 # ------------------------------------------------------------------------------------ helpers
 def _fail(msg: str) -> FileFormatError:
     return FileFormatError(f"model config: {msg}")
@@ -185,20 +273,13 @@ def _dtype_name(dtype: Any) -> Optional[str]:
     raise _fail(f"unreadable dtype {dtype!r}")
 
 
-def _known_registered(class_name: str) -> bool:
-    """A "Package>Name" that a builder handles by that exact name (see _adapters/applications.py)."""
-    from torchkeras_io._layers.registry import BUILDERS
-
-    return ">" in class_name and class_name in BUILDERS
-
-
-def _strip_envelope(entry: dict) -> tuple[str, dict]:
+def _strip_envelope(entry: dict, registered: Collection[str]) -> tuple[str, dict]:
     class_name = entry.get("class_name")
     if not isinstance(class_name, str):
         raise _fail(f"layer entry without a class name: {str(entry)[:200]}")
     # Keras class names are plain names, never import paths; tf-keras writes a class registered
     # with register_keras_serializable as "Package>Name" (InceptionResNetV2's "Custom>CustomScaleLayer")
-    if not class_name.isidentifier() and not _known_registered(class_name):
+    if not class_name.isidentifier() and not (">" in class_name and class_name in registered):
         raise _fail(f"class name {class_name[:200]!r} is not a Keras class name")
     cfg = entry.get("config", {})
     if cfg is None:
@@ -217,9 +298,26 @@ def generation_of(keras_version: Optional[str], cfg: dict) -> int:
     text = json.dumps(cfg)[:200000]
     if "__keras_tensor__" in text or '"batch_shape"' in text or '"registered_name"' in text:
         return 3
-    if '"border_mode"' in text or '"output_dim"' in text or '"nb_filter"' in text:
-        return 1
-    return 2
+    return 1 if _has_keras1_layer(cfg, 0) else 2
+
+
+_K1_KEYS = frozenset({"border_mode", "nb_filter", "W_regularizer", "dim_ordering", "inner_init", "inner_activation"})
+
+
+def _has_keras1_layer(entry: Any, depth: int) -> bool:
+    """Whether a layer entry (a model's: any of its layers) has an argument only Keras 1 writes.
+    ``output_dim`` counts but in an Embedding, whose Keras 2 config keeps the name."""
+    if depth > MAX_DEPTH or not isinstance(entry, dict):
+        return False
+    cfg = entry.get("config")
+    if entry.get("class_name") in MODEL_CLASSES:
+        layers = cfg.get("layers") if isinstance(cfg, dict) else cfg
+        return isinstance(layers, list) and any(_has_keras1_layer(e, depth + 1) for e in layers)
+    if not isinstance(cfg, dict):
+        return False
+    if _K1_KEYS.intersection(cfg) or "output_dim" in cfg and entry.get("class_name") != "Embedding":
+        return True
+    return any(_has_keras1_layer(cfg.get(key), depth + 1) for key in ("layer", "backward_layer"))
 
 
 # ------------------------------------------------------------------------------------ numbers
@@ -258,7 +356,9 @@ def _is_nan(x: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------------ layers
-def _layer_config(class_name: str, cfg: dict, generation: int, depth: int) -> tuple[str, dict]:
+def _layer_config(
+    class_name: str, cfg: dict, generation: int, depth: int, registered: Collection[str]
+) -> tuple[str, dict]:
     # numbers first, so that every builder reads plain Python numbers whatever wrote the file
     cfg = plain_numbers(cfg)
     if _is_nan(cfg.get("max_value")):  # Keras 2.2 / tf.keras 1.x stored max_value=None as float32(NaN)
@@ -272,10 +372,10 @@ def _layer_config(class_name: str, cfg: dict, generation: int, depth: int) -> tu
     for wrapped_key in ("layer", "backward_layer"):
         inner = cfg.get(wrapped_key)
         if isinstance(inner, dict) and "class_name" in inner:
-            inner_cls, inner_cfg = _strip_envelope(inner)
+            inner_cls, inner_cfg = _strip_envelope(inner, registered)
             if not isinstance(inner_cfg, dict):
                 raise _fail(f"wrapped layer of '{cfg.get('name')}' has a list config")
-            inner_cls, inner_cfg = _layer_config(inner_cls, inner_cfg, generation, depth + 1)
+            inner_cls, inner_cfg = _layer_config(inner_cls, inner_cfg, generation, depth + 1, registered)
             cfg[wrapped_key] = {"class_name": inner_cls, "config": inner_cfg}
     return class_name, cfg
 
@@ -358,8 +458,14 @@ def _refs(spec: Any, what: str) -> list:
 
 
 # ------------------------------------------------------------------------------------ models
-def parse_model_config(config: Union[str, bytes, dict], keras_version: Optional[str] = None) -> ModelDef:
-    """Normalise a ``model_config`` (JSON text or parsed) of any Keras generation."""
+def parse_model_config(config: Union[str, bytes, dict], keras_version: Optional[str] = None, *,
+                       registered: Collection[str] = ()) -> ModelDef:  # fmt: skip
+    """Normalise a ``model_config`` (JSON text or parsed) of any Keras generation.
+
+    ``registered``: the "Package>Name" class names (``register_keras_serializable`` names, such as
+    InceptionResNetV2's "Custom>CustomScaleLayer") accepted as they are; any other class name
+    must be a plain identifier, never an import path. The graph builder passes the names it
+    builds (``_layers.registry.BUILDERS``)."""
     if isinstance(config, (bytes, bytearray)):
         config = config.decode("utf-8")
     if isinstance(config, str):
@@ -369,35 +475,36 @@ def parse_model_config(config: Union[str, bytes, dict], keras_version: Optional[
             raise _fail(f"not valid JSON: {exc}") from exc
     config = _as_dict(config, "model config")
     if isinstance(config.get("config"), str):  # some tools store the JSON twice-encoded
-        return parse_model_config(config["config"], keras_version)
+        return parse_model_config(config["config"], keras_version, registered=registered)
     if keras_version is None and isinstance(config.get("keras_version"), str):
         keras_version = config["keras_version"]  # to_json() of Keras 2 / tf_keras says who wrote it
     generation = generation_of(keras_version, config)
-    return _model(config, generation, 0)
+    return _model(config, generation, 0, registered)
 
 
-def _model(entry: dict, generation: int, depth: int) -> ModelDef:
+def _model(entry: dict, generation: int, depth: int, registered: Collection[str]) -> ModelDef:
     if depth > MAX_DEPTH:
         raise _fail(f"models nested more than {MAX_DEPTH} deep")
-    class_name, cfg = _strip_envelope(entry)
+    class_name, cfg = _strip_envelope(entry, registered)
     if class_name == "Sequential":
-        return _sequential(cfg, generation, depth)
+        return _sequential(cfg, generation, depth, registered)
     if class_name in ("Functional", "Model") or (isinstance(cfg, dict) and "input_layers" in cfg):
-        return _functional(_as_dict(cfg, "functional config"), generation, depth)
+        return _functional(_as_dict(cfg, "functional config"), generation, depth, registered)
     raise _fail(f"'{class_name}' is not a Sequential or Functional model")
 
 
-def _layer(entry: dict, generation: int, depth: int) -> LayerDef:
-    class_name, cfg = _strip_envelope(entry)
+def parse_layer(entry: dict, generation: int, depth: int, registered: Collection[str] = ()) -> LayerDef:
+    """One layer entry of a model config (a nested model's entry: a :class:`LayerDef` with ``model``)."""
+    class_name, cfg = _strip_envelope(entry, registered)
     if class_name in MODEL_CLASSES or (isinstance(cfg, dict) and ("layers" in cfg and "input_layers" in cfg)):
         sub = _model({"class_name": "Sequential" if class_name == "Sequential" else "Functional", "config": cfg},
-                     generation, depth + 1)  # fmt: skip
+                     generation, depth + 1, registered)  # fmt: skip
         name = entry.get("name") or (cfg.get("name") if isinstance(cfg, dict) else None) or sub.name
         trainable = cfg.get("trainable", True) if isinstance(cfg, dict) else True
         return LayerDef(sub.kind, name, {"name": name, "trainable": trainable}, [], sub)
     if not isinstance(cfg, dict):
         raise _fail(f"layer '{class_name}' has a list config")
-    class_name, cfg = _layer_config(class_name, cfg, generation, depth)
+    class_name, cfg = _layer_config(class_name, cfg, generation, depth, registered)
     name = entry.get("name") or cfg.get("name")
     if not isinstance(name, str) or not name:
         raise _fail(f"a '{class_name}' layer has no name")
@@ -405,7 +512,7 @@ def _layer(entry: dict, generation: int, depth: int) -> LayerDef:
     return LayerDef(class_name, name, cfg, module=module if isinstance(module, str) else None)
 
 
-def _sequential(cfg: Any, generation: int, depth: int) -> ModelDef:
+def _sequential(cfg: Any, generation: int, depth: int, registered: Collection[str]) -> ModelDef:
     if isinstance(cfg, list):  # Keras 1 / 2.0–2.1
         name, entries, build_shape = "sequential", cfg, None
     else:
@@ -413,7 +520,7 @@ def _sequential(cfg: Any, generation: int, depth: int) -> ModelDef:
         name, entries, build_shape = cfg.get("name", "sequential"), cfg.get("layers"), cfg.get("build_input_shape")
     if not isinstance(entries, list):
         raise _fail("Sequential config has no layer list")
-    layers = [_layer(_as_dict(e, "layer entry"), generation, depth) for e in entries]
+    layers = [parse_layer(_as_dict(e, "layer entry"), generation, depth, registered) for e in entries]
     shape, dtype = None, None
     if layers and layers[0].class_name == "InputLayer":
         first = layers.pop(0)
@@ -430,7 +537,7 @@ def _sequential(cfg: Any, generation: int, depth: int) -> ModelDef:
     return ModelDef("Sequential", name, layers, [], [], generation, tuple(shape) if shape else None, dtype)
 
 
-def _functional(cfg: dict, generation: int, depth: int) -> ModelDef:
+def _functional(cfg: dict, generation: int, depth: int, registered: Collection[str]) -> ModelDef:
     name = cfg.get("name", "model")
     entries = cfg.get("layers")
     if not isinstance(entries, list):
@@ -438,7 +545,7 @@ def _functional(cfg: dict, generation: int, depth: int) -> ModelDef:
     layers, raw_nodes = [], []
     for e in entries:
         e = _as_dict(e, "layer entry")
-        layer = _layer(e, generation, depth)
+        layer = parse_layer(e, generation, depth, registered)
         if isinstance(e.get("name"), str):
             layer.name = e["name"]
         layers.append(layer)

@@ -1,6 +1,6 @@
-"""Keras-2-style model configs (what :mod:`.._export` writes) in the Keras 3 ``.keras`` dialect.
+"""Keras-2-style model configs (what :mod:`torchkeras_io._graph.export` writes) in the Keras 3 ``.keras`` dialect.
 
-Keras 3 deserializes ``config.json`` by ``module`` + ``class_name`` (keras_h5_formats.md §6.5,
+Keras 3 deserializes ``config.json`` by ``module`` + ``class_name`` (docs/keras_formats.md §6.5,
 §6.7): every object carries ``module`` and ``registered_name``; ``InputLayer`` has
 ``batch_shape``; Functional nodes are ``{"args": [...], "kwargs": {...}}`` with
 ``__keras_tensor__`` references; a nested model's calls are renumbered as Keras 3 numbers them
@@ -17,19 +17,23 @@ import copy
 import re
 from typing import Any, Optional
 
-from torchkeras_io._keras.ops_export import keras3_op
-from torchkeras_io._keras.order import layer_order
+from torchkeras_io._keras.config import MODEL_CLASSES, config_layers, entry_name, keras2_config
+from torchkeras_io._keras.ops_export import keras3_op, keras_tensor
+from torchkeras_io._keras.order import is_ref, layer_order
 
-MODEL_CLASSES = ("Sequential", "Functional", "Model")
 _OBJECT_MODULES = {"_initializer": "keras.initializers", "_regularizer": "keras.regularizers",
                    "_constraint": "keras.constraints"}  # fmt: skip
 
 
-def keras_snake(name: str) -> str:
-    """Keras's ``naming.to_snake_case`` (``Conv2D`` -> ``conv2d``, ``PReLU`` -> ``p_re_lu``)."""
+def keras_snake(name: str, *, split_digits: bool = False) -> str:
+    """Keras's ``naming.to_snake_case`` (``Conv2D`` -> ``conv2d``, ``PReLU`` -> ``p_re_lu``).
+
+    ``split_digits``: a digit before a capital splits too (``Conv2D`` -> ``conv2_d``), as the names
+    this library gives torch classes always have (the root module's layer, an exported model's
+    name): files written before keep reading the same."""
     name = re.sub(r"\W+", "", name)
     name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+    return re.sub("([a-z0-9])([A-Z])" if split_digits else "([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def _obj(module: str, class_name: str, config: Any) -> dict:
@@ -43,12 +47,6 @@ def _nested_objects(cfg: dict) -> None:
             for suffix, module in _OBJECT_MODULES.items():
                 if key.endswith(suffix):
                     cfg[key] = _obj(module, value["class_name"], value.get("config", {}))
-
-
-def _is_ref(x: Any) -> bool:
-    return (
-        isinstance(x, list) and len(x) in (3, 4) and isinstance(x[0], str) and all(isinstance(v, int) for v in x[1:3])
-    )
 
 
 def _nested_numbering(cfg: dict) -> dict:
@@ -66,7 +64,7 @@ def _nested_numbering(cfg: dict) -> dict:
     used: dict = {name: [] for name in calls}
 
     def walk(x: Any) -> None:
-        if _is_ref(x):
+        if is_ref(x):
             if x[0] in used:
                 used[x[0]].append(x[1])
             if len(x) > 3:
@@ -84,19 +82,9 @@ def _nested_numbering(cfg: dict) -> dict:
             for name, n in calls.items()}  # fmt: skip
 
 
-def _tensor(ref: list, nested: dict) -> dict:
-    """A call argument: Keras 3 counts a nested model's calls from 0 there, Functional or not
-    (``serialize_node`` in keras/src/models/functional.py drops the nodes outside the model,
-    the Functional's own ``Input`` node among them)."""
-    node = ref[1] - nested.get(ref[0], 0)
-    # Keras 3 replaces the placeholder by the inbound layer's output; it only needs a valid shape
-    return {"class_name": "__keras_tensor__",
-            "config": {"shape": [None], "dtype": "float32", "keras_history": [ref[0], node, ref[2]]}}  # fmt: skip
-
-
 def _convert_value(x: Any, nested: dict) -> Any:
-    if _is_ref(x):
-        return _tensor(x, nested)
+    if is_ref(x):
+        return keras_tensor(x, nested)
     if isinstance(x, list):
         return [_convert_value(v, nested) for v in x]
     if isinstance(x, dict):
@@ -116,7 +104,7 @@ def _nodes(inbound: list, nested: dict, class_name: Optional[str] = None) -> lis
         for entry in node:
             if len(entry) > 3 and isinstance(entry[3], dict):
                 kwargs.update(entry[3])
-        tensors = [_tensor(entry, nested) for entry in node]
+        tensors = [keras_tensor(entry, nested) for entry in node]
         args = [tensors[0]] if len(tensors) == 1 else [tensors]
         if class_name == "MultiHeadAttention" and len(tensors) == 1 and "value" in kwargs:
             args.append(_convert_value(kwargs.pop("value"), nested))  # Keras 3 writes call(query, value)
@@ -151,8 +139,28 @@ def _layer_config(class_name: str, cfg: dict) -> tuple:
     return cfg, build
 
 
+def _sequential_input(first: dict) -> list:
+    """``[the InputLayer]`` of a Sequential config whose first layer carries the input shape, as Keras 2
+    writes it (``batch_input_shape``), else ``[]``. Keras 3's layers take no input shape: its
+    Sequential configs begin with their InputLayer, named here as tf-keras names it."""
+    cfg = first.get("config")
+    shape = cfg.get("batch_input_shape") if isinstance(cfg, dict) else None
+    if not isinstance(shape, list):
+        return []
+    dtype = cfg.get("dtype") if isinstance(cfg.get("dtype"), str) else "float32"
+    name = f"{cfg.get('name', first.get('name', 'sequential'))}_input"
+    return [_obj("keras.layers", "InputLayer", {"batch_shape": shape, "dtype": dtype, "sparse": False, "name": name,
+                                                "optional": False})]  # fmt: skip
+
+
 def to_keras3(config: dict) -> dict:
     """The Keras 3 ``config.json`` object for a Keras 2 (or already Keras 3) model config."""
+    if "module" in config:
+        return copy.deepcopy(config)
+    return _to_keras3(keras2_config(config))
+
+
+def _to_keras3(config: dict) -> dict:
     if "module" in config:
         return copy.deepcopy(config)
     class_name = config.get("class_name")
@@ -173,12 +181,14 @@ def to_keras3(config: dict) -> dict:
                       if entry.get("class_name") in ("Functional", "Model")}  # fmt: skip
     new_layers = []
     for entry in layers:
-        sub = to_keras3(entry)
+        sub = _to_keras3(entry)
         if class_name != "Sequential":
             sub["name"] = entry.get("name", entry.get("config", {}).get("name"))
             sub["inbound_nodes"] = _nodes(entry.get("inbound_nodes", []), nested, entry.get("class_name"))
             sub = keras3_op(entry, nested, sub)  # a TFOpLambda the exporter wrote: Keras 3's keras.ops node
         new_layers.append(sub)
+    if class_name == "Sequential" and layers and layers[0].get("class_name") != "InputLayer":
+        new_layers[:0] = _sequential_input(layers[0])
     cfg["layers"] = new_layers
     if class_name == "Sequential":
         return {"module": "keras", "class_name": "Sequential", "config": cfg, "registered_name": None}
@@ -188,7 +198,7 @@ def to_keras3(config: dict) -> dict:
             # Keras 3 counts a nested Functional's calls from 1 here ("Functional models start with
             # a pre-existing node", Functional.get_config), a nested Sequential's from 0 (in Keras 3
             # Sequential is no Functional); functional_from_config's get_tensor subtracts the 1
-            refs = [[r[0], r[1] - nested.get(r[0], 0) + (r[0] in functional), r[2]] if _is_ref(r) else r
+            refs = [[r[0], r[1] - nested.get(r[0], 0) + (r[0] in functional), r[2]] if is_ref(r) else r
                     for r in refs]  # fmt: skip
             cfg[key] = refs[0] if len(refs) == 1 else refs
     return {"module": "keras.src.models.functional", "class_name": "Functional", "config": cfg,
@@ -213,6 +223,23 @@ def keras3_unreadable(config3: dict) -> list:
         elif cls in TF_KERAS_ONLY:
             c = entry.get("config", {})
             out.append((entry.get("name", c.get("name")), cls, c.get("function")))
+    return out
+
+
+def tf_keras_hard_sigmoids(config: dict) -> list:
+    """``[(layer name, argument)]`` for each activation argument (``activation``,
+    ``recurrent_activation``, Keras 1's ``inner_activation``) of a Keras 1/2 config's layers,
+    nested and wrapped ones included, that is ``hard_sigmoid``: tf-keras's is clip(0.2x + 0.5, 0, 1),
+    Keras 3's relu6(x + 3) / 6, and Keras 3 has no name for the former. Empty for a config already
+    in the Keras 3 dialect (:func:`to_keras3` keeps those as they are)."""
+    if "module" in config:
+        return []
+    out = []
+    for entry in config_layers(config, nested=True):
+        cfg = entry.get("config")
+        for key, value in cfg.items() if isinstance(cfg, dict) else ():
+            if key.endswith("activation") and value == "hard_sigmoid":
+                out.append((entry_name(entry), key))
     return out
 
 
@@ -280,7 +307,7 @@ def _renamed(obj: Any, renamed: dict, named: bool = False) -> Any:
 
 
 def _renamed_refs(refs: Any, renamed: dict) -> Any:
-    if _is_ref(refs):
+    if is_ref(refs):
         return [renamed.get(refs[0], refs[0]), *copy.deepcopy(refs[1:])]
     if isinstance(refs, list):
         return [_renamed_refs(r, renamed) for r in refs]

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from torchkeras_io._keras.order import is_ref
+
 _NUMPY = "keras.src.ops.numpy"
 _NN = "keras.src.ops.nn"
 _MATH = "keras.src.ops.math"
@@ -190,21 +192,29 @@ for _f, _cls in {"math.reduce_mean": "Mean", "math.reduce_sum": "Sum", "math.red
     TABLE[_f] = _reduce(_cls)
 
 
+def keras_tensor(ref: list, nested: dict) -> dict:
+    """A call argument: Keras 3 counts a nested model's calls from 0 there, Functional or not
+    (``serialize_node`` in keras/src/models/functional.py drops the nodes outside the model,
+    the Functional's own ``Input`` node among them)."""
+    node = ref[1] - nested.get(ref[0], 0)
+    # Keras 3 replaces the placeholder by the inbound layer's output; it only needs a valid shape
+    return {"class_name": "__keras_tensor__",
+            "config": {"shape": [None], "dtype": "float32", "keras_history": [ref[0], node, ref[2]]}}  # fmt: skip
+
+
 def keras3_op(entry: dict, nested: dict, converted: dict) -> dict:
     """The Keras 3 form of layer ``entry`` (Keras 2 dialect): a ``keras.ops`` node for a
     ``TFOpLambda`` whose function and arguments have one (:data:`TABLE`), else ``converted``
     (what :func:`.keras3.to_keras3` made: still a ``TFOpLambda``, which the writer refuses)."""
     if entry.get("class_name") != "TFOpLambda":
         return converted
-    from torchkeras_io._keras.keras3 import _is_ref, _tensor
-
     function = entry["config"].get("function")
     function = function[3:] if isinstance(function, str) and function.startswith("tf.") else function
     if function not in TABLE:
         return converted
 
     def tensor(v: Any) -> Any:
-        return _tensor(v, nested) if _is_ref(v) else v
+        return keras_tensor(v, nested) if is_ref(v) else v
 
     nodes = []
     for node in entry.get("inbound_nodes", []):
@@ -214,10 +224,10 @@ def keras3_op(entry: dict, nested: dict, converted: dict) -> dict:
         # list of tensors (tf.concat) as a list of such entries, each with the call's kwargs
         listed = not isinstance(node[0], str)
         refs = node if listed else [node]
-        if not all(_is_ref(r) for r in refs) or any(r[0] == "_CONSTANT_VALUE" for r in refs):
+        if not all(is_ref(r) for r in refs) or any(r[0] == "_CONSTANT_VALUE" for r in refs):
             return converted  # a constant first argument: no form here
         kwargs = {k: v for k, v in (refs[0][3] if len(refs[0]) > 3 else {}).items() if k != "name"}
-        tensors = [_tensor(r[:3], nested) for r in refs]
+        tensors = [keras_tensor(r[:3], nested) for r in refs]
         form: Optional[tuple] = TABLE[function](tensors if listed else tensors[0], kwargs, tensor)
         if form is None:
             return converted

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-MODEL_CLASSES = ("Sequential", "Functional", "Model")
+from torchkeras_io._keras.config import MODEL_CLASSES
+
 FLAVORS = ("tf_keras", "keras3")
 
 
@@ -37,7 +38,8 @@ class ConfigGraphError(ValueError):
     """The config's graph is not one Keras can rebuild (dangling reference, cycle)."""
 
 
-def _is_ref(x: Any) -> bool:
+def is_ref(x: Any) -> bool:
+    """A Keras 2 tensor reference: ``[layer, node, tensor]`` or ``[layer, node, tensor, kwargs]``."""
     return (
         isinstance(x, list) and len(x) in (3, 4) and isinstance(x[0], str) and all(isinstance(v, int) for v in x[1:3])
     )
@@ -60,7 +62,7 @@ def _keras3_refs(x: Any) -> list:
 
 
 def _keras2_kwarg_refs(x: Any) -> list:
-    if _is_ref(x):
+    if is_ref(x):
         return [x]
     if isinstance(x, dict):
         return [r for v in _sorted_values(x) for r in _keras2_kwarg_refs(v)]
@@ -78,7 +80,7 @@ def node_parents(node: Any, flavor: str) -> list:
         return []
     if node and isinstance(node[0], str):  # tf-keras writes a one-tensor call (TFOpLambda) as the bare entry
         node = [node]
-    entries = [e for e in node if _is_ref(e)]
+    entries = [e for e in node if is_ref(e)]
     refs = [(e[0], e[1]) for e in entries]
     if flavor == "tf_keras" and entries and len(entries[-1]) == 4 and isinstance(entries[-1][3], dict):
         # tf-keras calls the layer with the last entry's kwargs, tensors in them deserialized
@@ -87,7 +89,7 @@ def node_parents(node: Any, flavor: str) -> list:
 
 
 def _output_refs(refs: Any) -> list:
-    if _is_ref(refs):
+    if is_ref(refs):
         return [refs]
     if isinstance(refs, dict):
         if "keras_history" in refs or refs.get("class_name") == "__keras_tensor__":

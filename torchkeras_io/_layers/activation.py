@@ -12,10 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchkeras_io._layers.base import Adapter, KerasLayer, lazy_param, owns_exactly
-from torchkeras_io._layers.registry import Built, WeightSource, builds, exports, exports_function, unsupported
+from torchkeras_io._layers.registry import Built, WeightSource, adapts, builds, exports, exports_function, unsupported
+from torchkeras_io._layers.trace import gelu_tanh
 from torchkeras_io.modules import HardSigmoidTF, KerasReLU, ThresholdedReLU
 
 
+@adapts
 class PReLUAdapter(Adapter):
     family = "activation"
 
@@ -117,11 +119,11 @@ def with_activation(module: nn.Module, layer_cfg: dict, ctx, layout: str) -> Bui
     if isinstance(act, nn.Identity):
         return Built(module, layout, "")
     if act_layout == "cl" and layout == "cf":
-        act = _ChannelsFirstSoftmax(act)
+        act = ChannelsFirstSoftmax(act)
     return Built(nn.Sequential(module, act), layout, "0")
 
 
-class _ChannelsFirstSoftmax(nn.Module):
+class ChannelsFirstSoftmax(nn.Module):
     """Keras softmax over its last axis, applied to a channels-first tensor."""
 
     def __init__(self, fn):
@@ -218,8 +220,6 @@ def _export_simple(ctx, node, module, args, kwargs, value):
 @exports(nn.GELU)
 def _export_gelu(ctx, node, module, args, kwargs, value):
     if module.approximate == "tanh":  # no activation name for it: each Keras's own gelu op (approximate=True)
-        from torchkeras_io._graph.export_ext import gelu_tanh
-
         return gelu_tanh(ctx, args[0], value, ctx.layer_name(node))
     return ctx.add1("Activation", {"activation": "gelu"}, args[0], tuple(value.shape), args[0].perm,
                     name=ctx.layer_name(node))  # fmt: skip

@@ -17,11 +17,14 @@ from torch import nn
 
 from torchkeras_io._layers import tensor_ops  # noqa: F401  (builders of the ops exported attention uses: matmul, gather, ...)
 from torchkeras_io._layers.base import Adapter, KerasLayer, combine, direct_tensors, lazy_param
-from torchkeras_io._layers.registry import Built, WeightSource, builds, exports, exports_named, unsupported
+from torchkeras_io._layers.dense import DenseAdapter
+from torchkeras_io._layers.registry import Built, WeightSource, adapts, builds, exports, unsupported
+from torchkeras_io._layers.trace import keras_layer, matmul, roll, tensor_weight, tf_op
 from torchkeras_io._tensors import Lazy
 from torchkeras_io.modules import DotAttention, EinsumMultiHeadAttention, MultiHeadAttention
 
 
+@adapts
 class MultiheadAttentionAdapter(Adapter):
     family = "attention"
     claims_children = True
@@ -108,6 +111,7 @@ class MultiheadAttentionAdapter(Adapter):
         return out
 
 
+@adapts
 class EinsumMultiHeadAttentionAdapter(Adapter):
     """EinsumMultiHeadAttention <-> MultiHeadAttention: the projections hold Keras's own shapes."""
 
@@ -260,10 +264,11 @@ def _is_swin_attention(module) -> bool:
     return cls.__name__ == "ShiftedWindowAttention" and cls.__module__.startswith("torchvision.")
 
 
+@adapts
 class SwinAttentionAdapter(Adapter):
     """torchvision's ``ShiftedWindowAttention`` (v1): its relative position bias table is the
     ``beta`` of the ``LayerNormalization`` that produces it in an exported model (see
-    :mod:`torchkeras_io._export_ext`); the index buffer, fixed by the window size, is a torch
+    :mod:`torchkeras_io._layers.trace`); the index buffer, fixed by the window size, is a torch
     extra. ``qkv`` and ``proj`` are Dense layers of their own."""
 
     family = "attention"
@@ -300,14 +305,11 @@ def _swin_mask(pad_h: int, pad_w: int, window: tuple, shift: tuple) -> torch.Ten
     return mask.unsqueeze(1)
 
 
-@exports_named("torchvision.models.swin_transformer.ShiftedWindowAttention")
+@exports("torchvision.models.swin_transformer.ShiftedWindowAttention")
 def export_swin_attention(ctx, node, module, args, kwargs, value):
     """torchvision ``shifted_window_attention`` in Keras layers, the batch kept apart from the windows:
     windows ``(B, windows, N, C)``; heads ``(B, windows, heads, N, d)``; the bias table gathered by
     the constant index (``tf.gather`` / ``keras.ops.take``); the shift mask added as a constant."""
-    from torchkeras_io._graph import export_ext as ext
-    from torchkeras_io._layers.dense import DenseAdapter
-
     if not SwinAttentionAdapter().match(module) or getattr(module, "logit_scale", None) is not None:
         raise ctx.fail("only torchvision's ShiftedWindowAttention (v1) is exported")
     x = ctx.as_torch(args[0])
@@ -327,7 +329,7 @@ def export_swin_attention(ctx, node, module, args, kwargs, value):
     name = ctx.layer_name(node)
 
     def layer(cls, cfg, t, shape, suffix, **kw):
-        return ext._layer(ctx, cls, cfg, t, (b, *shape), f"{name}_{suffix}", **kw)
+        return keras_layer(ctx, cls, cfg, t, (b, *shape), f"{name}_{suffix}", **kw)
 
     def dense(t, linear, shape, suffix):
         cfg = {"units": linear.out_features, "activation": "linear", "use_bias": linear.bias is not None}
@@ -338,7 +340,7 @@ def export_swin_attention(ctx, node, module, args, kwargs, value):
         x = layer("ZeroPadding2D", {"padding": [[0, pad_b], [0, pad_r]], "data_format": "channels_last"}, x,
                   (ph, pw, C), "pad")  # fmt: skip
     if sum(shift) > 0:
-        x = ext.roll(ctx, x, [-shift[0], -shift[1]], [1, 2], (b, ph, pw, C), f"{name}_shift")
+        x = roll(ctx, x, [-shift[0], -shift[1]], [1, 2], (b, ph, pw, C), f"{name}_shift")
     x = layer("Reshape", {"target_shape": [nh, wh, nw, ww, C]}, x, (nh, wh, nw, ww, C), "grid")
     x = layer("Permute", {"dims": [1, 3, 2, 4, 5]}, x, (nh, nw, wh, ww, C), "grid_order")
     x = layer("Reshape", {"target_shape": [nwin, n, C]}, x, (nwin, n, C), "windows")
@@ -353,9 +355,9 @@ def export_swin_attention(ctx, node, module, args, kwargs, value):
     q, k, v = parts
     q = layer("Rescaling", {"scale": float(d**-0.5), "offset": 0.0}, q, (nwin, heads, n, d), "q_scaled")
     kt = layer("Permute", {"dims": [1, 2, 4, 3]}, k, (nwin, heads, d, n), "k_t")
-    attn = ext.matmul(ctx, q, kt, (b, nwin, heads, n, n), f"{name}_scores")
-    table = ext.tensor_weight(ctx, module, "relative_position_bias_table", name, SwinAttentionAdapter())
-    bias = ext.tf_op(ctx, "gather", table, {"indices": module.relative_position_index.tolist(), "axis": 1},
+    attn = matmul(ctx, q, kt, (b, nwin, heads, n, n), f"{name}_scores")
+    table = tensor_weight(ctx, module, "relative_position_bias_table", name, SwinAttentionAdapter())
+    bias = tf_op(ctx, "gather", table, {"indices": module.relative_position_index.tolist(), "axis": 1},
                      (b, n * n, heads), table.perm, table.dtype, f"{name}_bias_gather")  # fmt: skip
     bias = layer("Reshape", {"target_shape": [n, n, heads]}, bias, (n, n, heads), "bias_grid")
     bias = layer("Permute", {"dims": [3, 1, 2]}, bias, (heads, n, n), "bias_heads")
@@ -364,10 +366,10 @@ def export_swin_attention(ctx, node, module, args, kwargs, value):
                    name=f"{name}_biased")[0]  # fmt: skip
     if sum(shift) > 0:
         mask = _swin_mask(ph, pw, (wh, ww), tuple(shift))
-        attn = ext.tf_op(ctx, "math.add", attn, {"y": mask.tolist()}, attn.shape, attn.perm, attn.dtype,
+        attn = tf_op(ctx, "math.add", attn, {"y": mask.tolist()}, attn.shape, attn.perm, attn.dtype,
                          f"{name}_masked")  # fmt: skip
     attn = layer("Softmax", {"axis": -1}, attn, (nwin, heads, n, n), "softmax")
-    o = ext.matmul(ctx, attn, v, (b, nwin, heads, n, d), f"{name}_mix")
+    o = matmul(ctx, attn, v, (b, nwin, heads, n, d), f"{name}_mix")
     o = layer("Permute", {"dims": [1, 3, 2, 4]}, o, (nwin, n, heads, d), "merge_order")
     o = layer("Reshape", {"target_shape": [nwin, n, C]}, o, (nwin, n, C), "merge")
     o = dense(o, module.proj, (nwin, n, C), "proj")
@@ -375,7 +377,7 @@ def export_swin_attention(ctx, node, module, args, kwargs, value):
     o = layer("Permute", {"dims": [1, 3, 2, 4, 5]}, o, (nh, wh, nw, ww, C), "ungrid_order")
     o = layer("Reshape", {"target_shape": [ph, pw, C]}, o, (ph, pw, C), "image")
     if sum(shift) > 0:
-        o = ext.roll(ctx, o, [shift[0], shift[1]], [1, 2], (b, ph, pw, C), f"{name}_unshift")
+        o = roll(ctx, o, [shift[0], shift[1]], [1, 2], (b, ph, pw, C), f"{name}_unshift")
     if pad_r or pad_b:
         o = layer("Cropping2D", {"cropping": [[0, pad_b], [0, pad_r]], "data_format": "channels_last"}, o,
                   (H, W, C), "crop")  # fmt: skip

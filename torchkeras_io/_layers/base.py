@@ -51,7 +51,7 @@ def owns_exactly(module: nn.Module, required: Sequence[str], optional: Sequence[
 
 
 class Adapter:
-    """Base adapter. Subclasses are registered once, in :mod:`torchkeras_io._adapters`."""
+    """Base adapter. Subclasses register an instance with ``@adapts`` (:mod:`torchkeras_io._layers.registry`)."""
 
     family = "base"
     #: True when the adapter maps a whole subtree (e.g. MultiheadAttention and its out_proj)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from torchkeras_io._layers.activation import _ChannelsFirstSoftmax, activation_module
+from torchkeras_io._layers.activation import ChannelsFirstSoftmax, activation_module
 from torchkeras_io._layers.base import Adapter, KerasLayer, lazy_param, owns_exactly
-from torchkeras_io._layers.registry import Built, WeightSource, builds, cfg_int_tuple, exports, unsupported
+from torchkeras_io._layers.registry import Built, WeightSource, adapts, builds, cfg_int_tuple, exports, unsupported
 from torchkeras_io.modules import Cropping, SamePad, SeparableConv, same_padding
 
 
@@ -36,6 +36,7 @@ def is_depthwise(module: nn.Module) -> bool:
     )
 
 
+@adapts
 class ConvAdapter(Adapter):
     family = "conv"
 
@@ -100,6 +101,7 @@ class ConvAdapter(Adapter):
         return out
 
 
+@adapts
 class ConvTransposeAdapter(Adapter):
     family = "conv"
 
@@ -138,6 +140,7 @@ class ConvTransposeAdapter(Adapter):
         return out
 
 
+@adapts
 class SeparableConvAdapter(Adapter):
     """modules.SeparableConv <-> SeparableConv1D/2D: depthwise_kernel, pointwise_kernel, bias."""
 
@@ -212,7 +215,7 @@ def _assemble(layer, ctx, pre, conv, layout):
     parts = ([pre] if pre is not None else []) + [conv]
     act, act_layout = activation_module(layer.config.get("activation", "linear"), ctx.generation)
     if not isinstance(act, nn.Identity):
-        parts.append(_ChannelsFirstSoftmax(act) if act_layout == "cl" and layout == "cf" else act)
+        parts.append(ChannelsFirstSoftmax(act) if act_layout == "cl" and layout == "cf" else act)
     if len(parts) == 1:
         return Built(conv, layout, "")
     return Built(nn.Sequential(*parts), layout, str(parts.index(conv)))
@@ -274,7 +277,7 @@ def _conv_transpose(layer, in_shapes, ctx):
     parts = [conv] + ([Cropping(crops)] if any(a or b for a, b in crops) else [])
     act, act_layout = activation_module(c.get("activation", "linear"), ctx.generation)
     if not isinstance(act, nn.Identity):
-        parts.append(_ChannelsFirstSoftmax(act) if act_layout == "cl" and layout == "cf" else act)
+        parts.append(ChannelsFirstSoftmax(act) if act_layout == "cl" and layout == "cf" else act)
     if len(parts) == 1:
         return Built(conv, layout, "")
     return Built(nn.Sequential(*parts), layout, "0")

@@ -6,9 +6,10 @@ from torch import nn
 
 from torchkeras_io._layers.activation import with_activation
 from torchkeras_io._layers.base import Adapter, KerasLayer, lazy_param, owns_exactly
-from torchkeras_io._layers.registry import WeightSource, builds, exports, unsupported
+from torchkeras_io._layers.registry import WeightSource, adapts, builds, exports, unsupported
 
 
+@adapts
 class DenseAdapter(Adapter):
     family = "dense"
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from torch import nn
 
 from torchkeras_io._layers.base import Adapter, KerasLayer, lazy_param, owns_exactly
-from torchkeras_io._layers.registry import Built, WeightSource, builds, exports
+from torchkeras_io._layers.registry import Built, WeightSource, adapts, builds, exports
 from torchkeras_io.modules import Embedding
 
 
+@adapts
 class EmbeddingAdapter(Adapter):
     family = "embedding"
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchkeras_io._layers.pooling import bind_args
-from torchkeras_io._layers.registry import exports_function, exports_function_named
+from torchkeras_io._layers.registry import exports_function
 
 _DROPOUTS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout)
 
@@ -30,7 +30,7 @@ def _export_dropout_fn(ctx, node, args, kwargs, value):
     return ctx.add1(cls, {"rate": float(a["p"])}, x, tuple(value.shape), x.perm, name=node.name)
 
 
-@exports_function_named("torchvision.ops.stochastic_depth.stochastic_depth")
+@exports_function("torchvision.ops.stochastic_depth.stochastic_depth")
 def _export_stochastic_depth(ctx, node, args, kwargs, value):
     a = bind_args(("input", "p", "mode", "training"), args, kwargs, {"training": True})
     if a["training"] and a["p"]:

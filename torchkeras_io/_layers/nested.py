@@ -1,7 +1,7 @@
 """A torch container standing for a nested Keras model (a Sequential inside a Functional, …).
 
 Keras stores a nested model as ONE layer group whose weights are the trainable weights of all
-its sub-layers, in order, then all the non-trainable ones (keras_h5_formats.md §3.5). This
+its sub-layers, in order, then all the non-trainable ones (docs/keras_formats.md §3.5). This
 adapter is not in the registry: it is made on request, when ``layer_names`` gives a Keras name
 to a container module.
 """

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from torchkeras_io._layers.base import Adapter, KerasLayer, lazy_param, owns_exactly
-from torchkeras_io._layers.registry import Built, WeightSource, builds, exports, unsupported
+from torchkeras_io._layers.registry import Built, WeightSource, adapts, builds, exports, unsupported
 
 # weight-name endings -> canonical slot (Keras 1 called the moving variance "running_std")
 _BN_SLOTS = (
@@ -36,6 +36,7 @@ def _bn_slot(weight_name: str):
     return None
 
 
+@adapts
 class BatchNormAdapter(Adapter):
     family = "norm"
 
@@ -76,6 +77,7 @@ class BatchNormAdapter(Adapter):
         return out
 
 
+@adapts
 class LayerNormAdapter(Adapter):
     family = "norm"
 
@@ -98,6 +100,7 @@ class LayerNormAdapter(Adapter):
         return dict(zip([n for n in ("weight", "bias") if getattr(module, n) is not None], weights))
 
 
+@adapts
 class GroupNormAdapter(Adapter):
     family = "norm"
 

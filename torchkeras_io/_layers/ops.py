@@ -11,7 +11,7 @@ unsupported.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchkeras_io._keras.config import Ref
+from torchkeras_io._layers.op_functions import K3_FUNCTIONS, TF_BINARY, TF_FUNCTIONS, TF_UNARY, axes_of
 from torchkeras_io._layers.registry import Built, builds, unsupported
 from torchkeras_io.modules import Normalization, same_padding
 
@@ -55,12 +56,6 @@ def _dtype(layer, name: Any) -> torch.dtype:
     return _DTYPES[name]
 
 
-def _axes(axis) -> Optional[tuple]:
-    if axis is None:
-        return None
-    return tuple(int(a) for a in axis) if isinstance(axis, (list, tuple)) else (int(axis),)
-
-
 # ------------------------------------------------------------------------------- Keras 3 ops
 class KerasOp(nn.Module):
     """A ``keras.ops`` function node: ``fn(*inputs)`` with its config arguments bound."""
@@ -71,45 +66,10 @@ class KerasOp(nn.Module):
 
     def forward(self, x, **kwargs):
         xs = list(x) if isinstance(x, (list, tuple)) else [x]
-        return _K3_FUNCTIONS[self.op_name](*xs, **self.static)
+        return K3_FUNCTIONS[self.op_name](*xs, **self.static)
 
     def extra_repr(self) -> str:
         return f"{self.op_name}, {self.static}" if self.static else self.op_name
-
-
-def _binary(op: Callable) -> Callable:
-    def fn(a, b):
-        ref = a if isinstance(a, torch.Tensor) else b
-        a = a if isinstance(a, torch.Tensor) else torch.as_tensor(a, dtype=ref.dtype, device=ref.device)
-        b = b if isinstance(b, torch.Tensor) else torch.as_tensor(b, dtype=ref.dtype, device=ref.device)
-        return op(a, b)
-
-    return fn
-
-
-def _reduce(op: Callable) -> Callable:
-    def fn(x, axis=None, keepdims=False):
-        dims = _axes(axis)
-        if dims is None:
-            out = op(x, dim=tuple(range(x.dim())), keepdim=keepdims) if x.dim() else x
-        else:
-            out = op(x, dim=dims, keepdim=keepdims)
-        return out
-
-    return fn
-
-
-def _squeeze(x, axis=None):
-    return x.squeeze() if axis is None else x.squeeze(_axes(axis))
-
-
-_K3_BINARY = {"NotEqual": torch.ne, "Equal": torch.eq, "Greater": torch.gt, "GreaterEqual": torch.ge,
-              "Less": torch.lt, "LessEqual": torch.le, "LogicalAnd": torch.logical_and,
-              "LogicalOr": torch.logical_or, "LogicalXor": torch.logical_xor}  # fmt: skip
-
-
-def _cast(x, dtype):
-    return x.to(dtype)
 
 
 def _k3_builder(name: str):
@@ -120,7 +80,7 @@ def _k3_builder(name: str):
         if name == "Cast":
             return Built(KerasOp(name, dtype=_dtype(layer, c.get("dtype"))))
         if name == "ExpandDims":
-            return Built(KerasOp(name, axis=_axes(c.get("axis"))))
+            return Built(KerasOp(name, axis=axes_of(c.get("axis"))))
         if name == "Squeeze":
             return Built(KerasOp(name, axis=c.get("axis")))
         return Built(KerasOp(name))
@@ -128,16 +88,7 @@ def _k3_builder(name: str):
     return build
 
 
-def _expand_dims(x, axis):
-    for a in sorted(int(v) % (x.dim() + len(axis)) for v in axis):
-        x = x.unsqueeze(a)
-    return x
-
-
-_K3_FUNCTIONS: dict = {name: _binary(op) for name, op in _K3_BINARY.items()}
-_K3_FUNCTIONS.update(LogicalNot=torch.logical_not, Any=_reduce(torch.any), All=_reduce(torch.all), Cast=_cast,
-                     ExpandDims=_expand_dims, Squeeze=_squeeze)  # fmt: skip
-for _name in _K3_FUNCTIONS:
+for _name in K3_FUNCTIONS:
     builds(_name)(_k3_builder(_name))
 
 
@@ -164,202 +115,10 @@ class TFOp(nn.Module):
         for name, value in kwargs.items():
             if _has_tensor(value):
                 args[name] = value
-        return _TF_FUNCTIONS[self.function][0](x, **args)
+        return TF_FUNCTIONS[self.function][0](x, **args)
 
     def extra_repr(self) -> str:
         return f"tf.{self.function}"
-
-
-def _like(y, x):
-    """``y`` as a tensor of ``x``'s dtype (TensorFlow converts constants to the other operand's)."""
-    if isinstance(y, torch.Tensor):
-        if isinstance(x, torch.Tensor) and y.dtype != x.dtype:
-            return y.to(x.dtype)
-        return y
-    if isinstance(x, torch.Tensor):
-        return torch.as_tensor(y, dtype=x.dtype, device=x.device)
-    return torch.as_tensor(y)
-
-
-def _tf_binary(op: Callable, second: str = "y") -> Callable:
-    def fn(x, **kw):
-        y = kw[second]
-        if not isinstance(x, torch.Tensor):
-            x = _like(x, y)
-        return op(x, _like(y, x))
-
-    fn.second = second
-    return fn
-
-
-def _tf_unary(op: Callable) -> Callable:
-    def fn(x, **kw):
-        return op(x)
-
-    return fn
-
-
-def _gelu(x, approximate=False, **kw):
-    return F.gelu(x, approximate="tanh" if approximate else "none")
-
-
-def _leaky_relu(x, alpha=0.2, **kw):
-    return F.leaky_relu(x, float(alpha))
-
-
-def _softmax(x, axis=None, **kw):
-    return torch.softmax(x, dim=-1 if axis is None else int(axis))
-
-
-def _log_softmax(x, axis=None, **kw):
-    return torch.log_softmax(x, dim=-1 if axis is None else int(axis))
-
-
-def _tf_reduce(op: Callable) -> Callable:
-    def fn(x, axis=None, keepdims=False, **kw):
-        return _reduce(op)(x, axis, bool(keepdims))
-
-    return fn
-
-
-def _reshape(x, shape, **kw):
-    return x.reshape(tuple(int(s) for s in shape))
-
-
-def _transpose(x, perm=None, **kw):
-    return x.permute(tuple(range(x.dim() - 1, -1, -1)) if perm is None else tuple(int(p) for p in perm))
-
-
-def _tf_expand_dims(x, axis, **kw):
-    return _expand_dims(x, _axes(axis))
-
-
-def _tf_squeeze(x, axis=None, **kw):
-    return _squeeze(x, axis)
-
-
-def _concat(x, axis, **kw):
-    return torch.cat(list(x), dim=int(axis))
-
-
-def _stack(x, axis=0, **kw):
-    return torch.stack(list(x), dim=int(axis))
-
-
-def _matmul(x, b, transpose_a=False, transpose_b=False, adjoint_a=False, adjoint_b=False, **kw):
-    a, b = x, _like(b, x)
-    if transpose_a or adjoint_a:
-        a = a.transpose(-1, -2)
-    if transpose_b or adjoint_b:
-        b = b.transpose(-1, -2)
-    return torch.matmul(a, b)
-
-
-def _clip(x, clip_value_min, clip_value_max, **kw):
-    return torch.minimum(torch.maximum(x, _like(clip_value_min, x)), _like(clip_value_max, x))
-
-
-def _l2_normalize(x, axis=None, epsilon=1e-12, **kw):
-    dims = _axes(axis) or tuple(range(x.dim()))
-    return x * torch.rsqrt(torch.clamp((x * x).sum(dim=dims, keepdim=True), min=float(epsilon)))
-
-
-def _bias_add(x, bias, data_format=None, **kw):
-    bias = _like(bias, x)
-    if data_format and str(data_format).startswith("NC") and x.dim() > 2:
-        return x + bias.reshape((-1,) + (1,) * (x.dim() - 2))
-    return x + bias
-
-
-def _pad_index(n: int, a: int, b: int, mode: str, device) -> torch.Tensor:
-    mid = torch.arange(n, device=device)
-    if mode == "REFLECT":
-        before, after = torch.arange(a, 0, -1, device=device), torch.arange(n - 2, n - 2 - b, -1, device=device)
-    else:  # SYMMETRIC
-        before, after = torch.arange(a - 1, -1, -1, device=device), torch.arange(n - 1, n - 1 - b, -1, device=device)
-    return torch.cat([before, mid, after])
-
-
-def _pad(x, paddings, mode="CONSTANT", constant_values=0, **kw):
-    pairs = [(int(a), int(b)) for a, b in paddings]
-    mode = str(mode).upper()
-    if mode == "CONSTANT":
-        flat = [v for a, b in reversed(pairs) for v in (a, b)]
-        return F.pad(x, flat, value=float(constant_values))
-    for axis, (a, b) in enumerate(pairs):
-        if a or b:
-            x = x.index_select(axis, _pad_index(x.shape[axis], a, b, mode, x.device))
-    return x
-
-
-def _getitem(x, slice_spec, **kw):
-    spec = slice_spec if isinstance(slice_spec, list) else [slice_spec]
-    index = []
-    for s in spec:
-        if isinstance(s, dict) and s.get("class_name") == "__ellipsis__":
-            index.append(Ellipsis)
-        elif isinstance(s, dict):
-            index.append(slice(s.get("start"), s.get("stop"), s.get("step")))
-        else:
-            index.append(s)
-    return x[tuple(index)]
-
-
-_TF_UNARY = {
-    "math.erf": torch.erf, "math.erfc": torch.erfc, "math.sigmoid": torch.sigmoid, "nn.sigmoid": torch.sigmoid,
-    "math.tanh": torch.tanh, "nn.tanh": torch.tanh, "math.exp": torch.exp, "math.log": torch.log,
-    "math.log1p": torch.log1p, "math.expm1": torch.expm1, "math.sqrt": torch.sqrt, "math.rsqrt": torch.rsqrt,
-    "math.abs": torch.abs, "math.square": torch.square, "math.negative": torch.neg, "__operators__.neg": torch.neg,
-    "math.reciprocal": torch.reciprocal, "math.sign": torch.sign, "math.floor": torch.floor,
-    "math.ceil": torch.ceil, "math.round": torch.round, "math.sin": torch.sin, "math.cos": torch.cos,
-    "math.softplus": F.softplus, "nn.softplus": F.softplus, "math.softsign": F.softsign, "nn.softsign": F.softsign,
-    "nn.relu": F.relu, "nn.relu6": F.relu6, "nn.elu": F.elu, "nn.selu": F.selu, "nn.silu": F.silu,
-    "nn.swish": F.silu, "math.logical_not": torch.logical_not, "math.is_nan": torch.isnan,
-}  # fmt: skip
-_TF_BINARY = {
-    "math.add": torch.add, "__operators__.add": torch.add, "math.add_v2": torch.add,
-    "math.subtract": torch.sub, "math.multiply": torch.mul, "math.divide": torch.true_divide,
-    "math.truediv": torch.true_divide, "math.floordiv": torch.floor_divide,
-    "compat.v1.floor_div": torch.floor_divide, "math.maximum": torch.maximum,
-    "math.minimum": torch.minimum, "math.pow": torch.pow, "math.squared_difference": lambda a, b: (a - b) ** 2,
-    "math.greater": torch.gt, "math.greater_equal": torch.ge, "math.less": torch.lt, "math.less_equal": torch.le,
-    "math.equal": torch.eq, "math.not_equal": torch.ne, "math.logical_and": torch.logical_and,
-    "math.logical_or": torch.logical_or,
-}  # fmt: skip
-_TF_REDUCE = {"math.reduce_mean": torch.mean, "math.reduce_sum": torch.sum, "math.reduce_max": torch.amax,
-              "math.reduce_min": torch.amin, "math.reduce_prod": None, "math.reduce_any": torch.any,
-              "math.reduce_all": torch.all}  # fmt: skip
-
-# name -> (function, names of arguments that may hold inline tensors)
-_TF_FUNCTIONS: dict = {
-    "nn.gelu": (_gelu, ()), "nn.leaky_relu": (_leaky_relu, ()), "nn.softmax": (_softmax, ()),
-    "math.softmax": (_softmax, ()), "nn.log_softmax": (_log_softmax, ()), "reshape": (_reshape, ()),
-    "transpose": (_transpose, ()), "compat.v1.transpose": (_transpose, ()), "expand_dims": (_tf_expand_dims, ()),
-    "compat.v1.expand_dims": (_tf_expand_dims, ()), "squeeze": (_tf_squeeze, ()),
-    "compat.v1.squeeze": (_tf_squeeze, ()), "concat": (_concat, ()), "stack": (_stack, ()),
-    "linalg.matmul": (_matmul, ("b",)), "matmul": (_matmul, ("b",)), "clip_by_value": (_clip, ("clip_value_min",
-    "clip_value_max")), "math.l2_normalize": (_l2_normalize, ()), "nn.l2_normalize": (_l2_normalize, ()),
-    "nn.bias_add": (_bias_add, ("bias",)), "pad": (_pad, ()), "compat.v1.pad": (_pad, ()),
-    "__operators__.getitem": (_getitem, ()),
-}  # fmt: skip
-for _f, _op in _TF_UNARY.items():
-    _TF_FUNCTIONS[_f] = (_tf_unary(_op), ())
-for _f, _op in _TF_BINARY.items():
-    _TF_FUNCTIONS[_f] = (_tf_binary(_op), ("y",))
-for _f, _op in _TF_REDUCE.items():
-    if _op is not None:
-        _TF_FUNCTIONS[_f] = (_tf_reduce(_op), ())
-_TF_FUNCTIONS["math.reduce_prod"] = (lambda x, axis=None, keepdims=False, **kw: _prod(x, axis, keepdims), ())
-_TF_FUNCTIONS["cast"] = (lambda x, dtype, **kw: x.to(dtype), ())
-_TF_FUNCTIONS["dtypes.cast"] = _TF_FUNCTIONS["cast"]
-
-
-def _prod(x, axis, keepdims):
-    dims = _axes(axis)
-    dims = tuple(range(x.dim())) if dims is None else tuple(d % x.dim() for d in dims)
-    for d in sorted(dims, reverse=True):
-        x = x.prod(dim=d, keepdim=bool(keepdims))
-    return x
 
 
 def _constant(value, dtype: torch.dtype) -> torch.Tensor:
@@ -400,7 +159,7 @@ def _tf_op(layer, in_shapes, ctx):
         return _tf_resize(layer, kwargs)
     if function in ("cast", "dtypes.cast"):
         return Built(TFOp(function, {}, {"dtype": _dtype(layer, kwargs.get("dtype"))}), "any")
-    entry = _TF_FUNCTIONS.get(function)
+    entry = TF_FUNCTIONS.get(function)
     if entry is None:
         raise unsupported(layer, f"tf.{function} is not among the TensorFlow functions torchkeras_io computes")
     tensor_args = entry[1]
@@ -424,7 +183,7 @@ def _tf_op(layer, in_shapes, ctx):
     module = TFOp(function, consts, static)
     # element-wise on one tensor, or with a scalar: any layout; anything else sees Keras's layout
     scalar_only = not consts and not any(_has_ref(v) for v in kwargs.values())
-    elementwise = function in _TF_UNARY or function in _TF_BINARY
+    elementwise = function in TF_UNARY or function in TF_BINARY
     layout = "any" if elementwise and scalar_only and isinstance(first, Ref) else "cl"
     return Built(module, layout)
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchkeras_io._layers.registry import Built, builds, cfg_int_tuple, exports, exports_function
+from torchkeras_io._layers.trace import KT
 from torchkeras_io.modules import GlobalPool, same_padding
 
 _POOL = {1: (F.max_pool1d, F.avg_pool1d), 2: (F.max_pool2d, F.avg_pool2d), 3: (F.max_pool3d, F.avg_pool3d)}
@@ -102,7 +103,7 @@ _SIGN_KEEPING = re.compile(
 
 def is_nonnegative(ctx, x, depth: int = 0) -> bool:
     """Whether the Keras graph guarantees ``x >= 0`` (e.g. it comes from a ReLU), by its producers."""
-    entry = ctx._by_name.get(x.ref[0])
+    entry = ctx.layer_entry(x.ref[0])
     if entry is None or depth > 64:
         return False
     cls, cfg = entry["class_name"], entry["config"]
@@ -119,8 +120,6 @@ def is_nonnegative(ctx, x, depth: int = 0) -> bool:
 
 
 def _inputs_nonneg(ctx, entry, x, depth) -> bool:
-    from torchkeras_io._graph.export import KT
-
     node = entry["inbound_nodes"][x.ref[1]]
     return bool(node) and all(is_nonnegative(ctx, KT((n[0], n[1], n[2]), (), (), x.dtype), depth + 1) for n in node)
 

@@ -1,8 +1,18 @@
-"""Keras layer class -> builder of the equivalent torch module (the config direction).
+"""The layer registry: which adapter, builder and exporter handles which module or Keras class.
 
-Builders live in the family modules beside the weight adapters and register here by class
-name. A builder gets the layer's normalised config and its input shapes (Keras layout, batch
-axis first, ``None`` where unknown) and returns a :class:`Built`.
+The family modules (one per layer family) register here as they are imported, and
+:mod:`torchkeras_io._layers` imports every family, so these tables are complete once the package is.
+
+* :data:`ADAPTERS` (``@adapts``): the weights both ways; :func:`adapter_for` finds a module's.
+* :data:`BUILDERS` (``@builds``): Keras class name -> builder of the equivalent torch module. A
+  builder gets the layer's normalised config and its input shapes (Keras layout, batch axis
+  first, ``None`` where unknown) and returns a :class:`Built`.
+* :data:`EXPORTERS` (``@exports``) and :data:`FUNCTION_EXPORTERS` (``@exports_function``,
+  ``@exports_method``): torch module classes, functions and tensor methods -> the Keras layers
+  computing them (the torch.fx export, :mod:`torchkeras_io._graph.export`).
+
+A target of an optional library is registered by its qualified name (a string), so that nothing
+is imported to register it.
 """
 
 from __future__ import annotations
@@ -12,9 +22,33 @@ from typing import Any, Callable, Optional
 
 from torch import nn
 
+from torchkeras_io._layers.base import Adapter
+from torchkeras_io._layers.generic import GenericAdapter
 from torchkeras_io.errors import UnsupportedLayerError
 
+# ----------------------------------------------------------------------------- weights
+#: one instance of each family adapter; their ``match`` never overlap, so the order only decides speed
+ADAPTERS: list = []
+#: any other module owning tensors keeps them under their torch names
+GENERIC = GenericAdapter()
 
+
+def adapts(cls: type) -> type:
+    """Class decorator: register an instance of this adapter."""
+    ADAPTERS.append(cls())
+    return cls
+
+
+def adapter_for(module: nn.Module) -> Optional[Adapter]:
+    """The registered adapter matching ``module``, else :data:`GENERIC` when the module owns tensors
+    itself, else None (a container)."""
+    for adapter in ADAPTERS:
+        if adapter.match(module):
+            return adapter
+    return GENERIC if GENERIC.match(module) else None
+
+
+# ----------------------------------------------------------------------------- config -> torch
 @dataclasses.dataclass
 class Built:
     """A torch module standing for one Keras layer.
@@ -44,6 +78,10 @@ class BuildContext:
     custom_objects: dict
     safe_mode: bool
     filepath: Optional[str] = None
+    #: ``build_nested(entry, name, in_shapes) -> Built``: how the graph builder builds a layer given
+    #: whole inside another's config (TimeDistributed's ``layer`` entry: a registered class or a
+    #: model), named ``name``; set by :mod:`torchkeras_io._graph.build`, which builders may not import
+    build_nested: Optional[Callable[[dict, str, list], Built]] = None
 
 
 Builder = Callable[[Any, list, BuildContext], Built]
@@ -76,28 +114,18 @@ def cfg_int_tuple(value, rank: int) -> tuple:
 
 # ----------------------------------------------------------------------------- torch -> config
 #: torch module class -> exporter. An exporter gets the export context, the fx node, the module
-#: and its input Keras tensors, and adds the Keras layers computing the module (see _export.py).
+#: and its input Keras tensors, and adds the Keras layers computing the module (see _graph/export.py).
 EXPORTERS: dict = {}
 
 
-def exports(*module_types: type):
-    """Register an exporter for these torch module classes (subclasses match too)."""
+def exports(*module_types):
+    """Register an exporter for these torch module classes (subclasses match too); a class of a
+    library that may be absent by its ``module.QualName`` string
+    (``"torchvision.models.swin_transformer.ShiftedWindowAttention"``), so nothing is imported."""
 
     def deco(fn):
         for t in module_types:
             EXPORTERS[t] = fn
-        return fn
-
-    return deco
-
-
-def exports_named(*qualified_names: str):
-    """Register an exporter for module classes of libraries that may be absent, by ``module.QualName``
-    (``torchvision.models.swin_transformer.ShiftedWindowAttention``): nothing is imported."""
-
-    def deco(fn):
-        for name in qualified_names:
-            EXPORTERS[name] = fn
         return fn
 
     return deco
@@ -132,7 +160,7 @@ def exporter_for(module: nn.Module):
     """
     cls = type(module)
     for base in cls.__mro__:
-        key = base if base in EXPORTERS else f"{base.__module__}.{base.__qualname__}"  # or by name: exports_named
+        key = base if base in EXPORTERS else f"{base.__module__}.{base.__qualname__}"  # or registered by name
         if key in EXPORTERS:
             fn = EXPORTERS[key]
             if base is cls or computes_like(cls, base) or getattr(fn, "accepts", lambda m: False)(module):
@@ -147,11 +175,12 @@ FUNCTION_EXPORTERS: dict = {}
 
 
 def exports_function(*functions):
-    """Register an exporter for calls of these torch functions (call_function nodes)."""
+    """Register an exporter for calls of these torch functions (call_function nodes); a function of
+    a library that may be absent by its ``module.name`` string, so nothing is imported."""
 
     def deco(fn):
         for f in functions:
-            FUNCTION_EXPORTERS[f] = fn
+            FUNCTION_EXPORTERS[("name", f) if isinstance(f, str) else f] = fn
         return fn
 
     return deco
@@ -168,11 +197,12 @@ def function_exporter(target):
     return found
 
 
-def exports_function_named(*qualified_names: str):
-    """Register an exporter for functions of libraries that may be absent, by ``module.name``."""
-    return exports_function(*[("name", n) for n in qualified_names])
-
-
 def exports_method(*names: str):
     """Register an exporter for calls of these tensor methods (call_method nodes: ``x.split(...)``)."""
-    return exports_function(*[("method", n) for n in names])
+
+    def deco(fn):
+        for n in names:
+            FUNCTION_EXPORTERS[("method", n)] = fn
+        return fn
+
+    return deco

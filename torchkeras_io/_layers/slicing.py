@@ -10,16 +10,7 @@ import torch
 
 from torchkeras_io._layers.pooling import crop_axes
 from torchkeras_io._layers.registry import exports_function, exports_method
-
-
-def _kt():
-    from torchkeras_io._graph.export import KT
-
-    return KT
-
-
-def _dropped(perm: tuple, axis: int) -> tuple:
-    return tuple(p - (p > axis) for p in perm if p != axis)
+from torchkeras_io._layers.trace import KT, dropped, shape_op
 
 
 def export_getitem(ctx, x, index, value):
@@ -72,7 +63,7 @@ def _reshaped(ctx, y, drops: list, adds: bool, value, name: str):
                         tuple(range(value.dim())), name=name)  # fmt: skip
     perm = y.perm
     for a in sorted(drops, reverse=True):  # dropping unit axes keeps the order of the others
-        perm = _dropped(perm, a)
+        perm = dropped(perm, a)
     kshape = [value.shape[p] for p in perm[1:]]
     if y.batch_axis in drops:
         raise ctx.fail("indexing the batch axis (Keras keeps every sample)")
@@ -81,7 +72,7 @@ def _reshaped(ctx, y, drops: list, adds: bool, value, name: str):
 
 def _pieces(ctx, x, dim: int, value, drop: bool = False) -> tuple:
     """The pieces of ``x`` along torch axis ``dim`` with the sizes of the traced ``value`` pieces."""
-    if not isinstance(x, _kt()):
+    if not isinstance(x, KT):
         return value
     dim = dim % x.rank
     if dim == x.batch_axis:
@@ -124,6 +115,5 @@ def _export_narrow(ctx, node, args, kwargs, value):
 
 @exports_method("reshape_as", "view_as")
 def _export_reshape_as(ctx, node, args, kwargs, value):
-    from torchkeras_io._graph.export import _shape_op  # the other tensor is only a shape: the traced value gives it
-
-    return _shape_op(ctx, "reshape", args[0], (), {}, value)
+    # the other tensor is only a shape: the traced value gives it
+    return shape_op(ctx, "reshape", args[0], (), {}, value)

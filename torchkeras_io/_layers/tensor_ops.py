@@ -14,6 +14,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchkeras_io._layers import activation, core, merge, ops  # noqa: F401  (the layer builders of shared names, wrapped below)
+from torchkeras_io._layers.op_functions import (
+    K3_FUNCTIONS,
+    TF_FUNCTIONS,
+    binary_op,
+    like,
+    log_softmax,
+    pad,
+    prod,
+    reduce_op,
+    softmax,
+    transpose,
+)
 from torchkeras_io._layers.registry import BUILDERS, Built, builds, unsupported
 
 
@@ -43,13 +55,13 @@ def _gelu(x, approximate=False):
 
 
 def _add(x, y):
-    return x + ops._like(y, x)
+    return x + like(y, x)
 
 
-ops._TF_FUNCTIONS["roll"] = (_roll, ())
-ops._TF_FUNCTIONS["gather"] = (_gather, ("indices",))
-ops._TF_FUNCTIONS["compat.v1.gather"] = (_gather, ("indices",))
-ops._K3_FUNCTIONS.update(Matmul=torch.matmul, Roll=_roll, Take=_take, Gelu=_gelu)
+TF_FUNCTIONS["roll"] = (_roll, ())
+TF_FUNCTIONS["gather"] = (_gather, ("indices",))
+TF_FUNCTIONS["compat.v1.gather"] = (_gather, ("indices",))
+K3_FUNCTIONS.update(Matmul=torch.matmul, Roll=_roll, Take=_take, Gelu=_gelu)
 
 
 @builds("Matmul")
@@ -80,7 +92,7 @@ class _K3Pad(nn.Module):
         self.pad_width, self.mode = [[int(a), int(b)] for a, b in pad_width], mode
 
     def forward(self, x, constant_values=None, **kwargs):
-        return ops._pad(x, self.pad_width, mode=self.mode.upper(), constant_values=constant_values or 0)
+        return pad(x, self.pad_width, mode=self.mode.upper(), constant_values=constant_values or 0)
 
 
 @builds("Pad")
@@ -91,7 +103,7 @@ def _k3_pad(layer, in_shapes, ctx):
     return Built(_K3Pad(c["pad_width"], c.get("mode", "constant")))
 
 
-ops._K3_FUNCTIONS["AddOp"] = _add
+K3_FUNCTIONS["AddOp"] = _add
 _merge_add = BUILDERS["Add"]
 
 
@@ -107,7 +119,7 @@ def _add_layer_or_op(layer, in_shapes, ctx):
 
 # -- the keras.ops nodes of the TFOpLambda functions (keras3 dialect of .ops_export.TABLE)
 def _clip(x, x_min, x_max):
-    return torch.minimum(torch.maximum(x, ops._like(x_min, x)), ops._like(x_max, x))
+    return torch.minimum(torch.maximum(x, like(x_min, x)), like(x_max, x))
 
 
 def _concatenate(*xs, axis=0):
@@ -139,20 +151,20 @@ _K3_BINARY = {"Subtract": torch.sub, "Multiply": torch.mul, "Divide": torch.true
               "Power": torch.pow}  # fmt: skip
 # class name -> (function, {config key: default}), the config keys bound as the op's static arguments
 _K3_OPS: dict = {name: (fn, {}) for name, fn in _K3_UNARY.items()}
-_K3_OPS.update({name: (ops._binary(fn), {}) for name, fn in _K3_BINARY.items()})
+_K3_OPS.update({name: (binary_op(fn), {}) for name, fn in _K3_BINARY.items()})
 _K3_OPS.update(
-    Mean=(ops._reduce(torch.mean), {"axis": None, "keepdims": False}),
-    Sum=(ops._reduce(torch.sum), {"axis": None, "keepdims": False}),
-    Max=(ops._reduce(torch.amax), {"axis": None, "keepdims": False}),
-    Min=(ops._reduce(torch.amin), {"axis": None, "keepdims": False}),
-    Prod=(lambda x, axis=None, keepdims=False: ops._prod(x, axis, keepdims), {"axis": None, "keepdims": False}),
+    Mean=(reduce_op(torch.mean), {"axis": None, "keepdims": False}),
+    Sum=(reduce_op(torch.sum), {"axis": None, "keepdims": False}),
+    Max=(reduce_op(torch.amax), {"axis": None, "keepdims": False}),
+    Min=(reduce_op(torch.amin), {"axis": None, "keepdims": False}),
+    Prod=(lambda x, axis=None, keepdims=False: prod(x, axis, keepdims), {"axis": None, "keepdims": False}),
     Clip=(_clip, {"x_min": None, "x_max": None}),
     Concatenate=(_concatenate, {"axis": 0}),
     Stack=(_stack, {"axis": 0}),
     Reshape=(_reshape, {"newshape": None}),
-    Transpose=(lambda x, axes=None: ops._transpose(x, axes), {"axes": None}),
-    Softmax=(lambda x, axis=-1: ops._softmax(x, axis), {"axis": -1}),
-    LogSoftmax=(lambda x, axis=-1: ops._log_softmax(x, axis), {"axis": -1}),
+    Transpose=(lambda x, axes=None: transpose(x, axes), {"axes": None}),
+    Softmax=(lambda x, axis=-1: softmax(x, axis), {"axis": -1}),
+    LogSoftmax=(lambda x, axis=-1: log_softmax(x, axis), {"axis": -1}),
     LeakyRelu=(lambda x, negative_slope=0.2: F.leaky_relu(x, float(negative_slope)), {"negative_slope": 0.2}),
     Elu=(lambda x, alpha=1.0: F.elu(x, float(alpha)), {"alpha": 1.0}),
     Round=(_round, {"decimals": 0}),
@@ -166,7 +178,7 @@ def _is_op_node(layer) -> bool:
 
 def _k3_op_builder(name: str, layer_builder=None):
     fn, keys = _K3_OPS[name]
-    ops._K3_FUNCTIONS[name] = fn
+    K3_FUNCTIONS[name] = fn
 
     def build(layer, in_shapes, ctx):
         if layer_builder is not None and not _is_op_node(layer):

@@ -1,7 +1,8 @@
-"""Where each layer family keeps its variables in Keras 3's ``.weights.h5`` / ``.keras`` store.
+"""Paths in Keras 3's ``.weights.h5`` / ``.keras`` store: which are layers, and where each layer
+family keeps its variables.
 
 Keras 3 saves a layer's variables under ``<layer path>/vars/<i>``, and those of the objects it
-owns under ``<layer path>/<attribute>/vars/<i>`` (keras_h5_formats.md §8.2). A layer's legacy
+owns under ``<layer path>/<attribute>/vars/<i>`` (docs/keras_formats.md §8.2). A layer's legacy
 weight list (the order :class:`KerasLayer` and the legacy HDF5 layout use) is the concatenation
 of the variables of its sub-objects, in the order this table gives; each sub-object holds the
 same number of variables. Observed with Keras 3.15.1 (tests/test_keras3_formats.py):
@@ -19,6 +20,7 @@ Nothing here knows about HDF5: the store code gets relative group paths.
 
 from __future__ import annotations
 
+import re
 from typing import Optional, Sequence
 
 RECURRENT = frozenset({"LSTM", "GRU", "SimpleRNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D"})
@@ -64,3 +66,27 @@ def infer_groups(present: set) -> tuple:
         if all(g in present for g in pattern):
             return pattern
     return ("",)
+
+
+def layer_paths(objects) -> list:
+    """Every layer path among the store's object paths: ``layers/<x>`` at the root or inside a
+    nested model's path (a nested model itself is not listed, its layers are)."""
+    found = set()
+    for path in objects:
+        segs = path.split("/") if path else []
+        for i in range(1, len(segs)):
+            if segs[i - 1] == "layers":
+                prefix = "/".join(segs[: i - 1])
+                if prefix == "" or prefix in found:
+                    found.add("/".join(segs[: i + 1]))
+    models = {p for p in found if any(q.startswith(f"{p}/layers/") for q in found)}
+    return [p for p in found if p not in models]
+
+
+def natural(path: str) -> list:
+    """Sort key keeping Keras's numbering in order: ``dense``, ``dense_1``, ``dense_2``, ``dense_10``."""
+    key = []
+    for seg in path.split("/"):
+        m = re.fullmatch(r"(.*?)(?:_(\d+))?", seg)
+        key.append((m.group(1), int(m.group(2)) if m.group(2) else -1))
+    return key

@@ -1,4 +1,4 @@
-"""Optional progress bars (tqdm) and the save options shared by save_weights and save_model."""
+"""Optional progress bars (tqdm) for reads and writes, and the compression options of a write."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ def check_compression(compression: Optional[str], compression_opts) -> Optional[
 
 
 def tensor_bytes(records, top_weights=()) -> int:
-    """The bytes of tensor data in layer records (what a progress bar counts)."""
-    lazies = [x for r in records for x in (*r.weights, *r.extras)] + list(top_weights)
+    """The bytes of tensor data in :class:`LayerWeights` records (what a progress bar counts)."""
+    lazies = [x for r in records for x in (*r.weights, *r.extras.values())] + list(top_weights)
     return sum(x.numel() * x.dtype.itemsize for x in lazies)
 
 
