@@ -216,9 +216,9 @@ def test_convert_every_corpus_model_to_keras3(name, tmp_path, capsys):
     assert code == 0 or "torchkeras-io: error:" in err
     if name.startswith("Anmol6__"):  # Keras 1.1.1: a list-style Sequential config of Keras 1 layers
         # read as Keras 2, whose LSTM gates use tf-keras's hard_sigmoid: not Keras 3's
-        assert code == 3 and "layer 'forward_lstm_1' has inner_activation='hard_sigmoid'" in err, err
+        assert code == 3 and "layer 'forward_lstm_1': its inner_activation 'hard_sigmoid'" in err, err
     if name.startswith("nanoporetech__"):  # Keras 2.0.8: a list-style Sequential config, GRUs as above
-        assert code == 3 and "layer 'gru1' has recurrent_activation='hard_sigmoid'" in err, err
+        assert code == 3 and "layer 'gru1': its recurrent_activation 'hard_sigmoid'" in err, err
 
 
 def test_convert_full_model_to_safetensors_and_torch_bit_exact(tfk, tmp_path, capsys):

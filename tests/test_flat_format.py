@@ -8,9 +8,9 @@ import json
 
 import pytest
 import torch
+from conftest import bits_equal
 
 from torchkeras_io._formats.flat import read_safetensors, read_torch, write_safetensors, write_torch
-from torchkeras_io._tensors import bits_equal
 from torchkeras_io.errors import CheckpointExistsError, FileFormatError
 
 pytest.importorskip("safetensors")

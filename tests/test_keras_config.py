@@ -156,3 +156,37 @@ def test_deep_nesting_is_refused_not_recursed():
         cfg = {"class_name": "Sequential", "config": {"name": "s", "layers": [cfg]}}
     with pytest.raises(FileFormatError, match="nested"):
         parse_model_config(cfg)
+
+
+def test_keras1_list_sequential_saves_as_keras3(tmp_path):
+    """A Keras 1 list-style Sequential config (what Keras 1.x and 2.0 wrote) reaches the Keras 3
+    dialect as Keras 2 names and a leading InputLayer, and the .keras file rebuilds the same model."""
+    import torch
+
+    import torchkeras_io as tkio
+    from torchkeras_io._keras.keras3 import to_keras3
+
+    cfg = {"class_name": "Sequential", "config": [
+        {"class_name": "Convolution1D", "config": {"name": "c", "nb_filter": 4, "filter_length": 3, "border_mode": "same",
+                                                   "subsample_length": 1, "activation": "relu", "bias": True,
+                                                   "init": "glorot_uniform", "W_regularizer": None, "input_dim": None,
+                                                   "batch_input_shape": [None, 10, 5], "input_dtype": "float32"}},
+        {"class_name": "Dropout", "config": {"name": "d", "p": 0.5}},
+        {"class_name": "Flatten", "config": {"name": "f"}},
+        {"class_name": "Dense", "config": {"name": "o", "output_dim": 2, "init": "glorot_uniform", "bias": True,
+                                           "activation": "linear", "W_regularizer": None, "input_dim": None}},
+    ]}  # fmt: skip
+    config3 = to_keras3(cfg)
+    layers = config3["config"]["layers"]
+    assert [x["class_name"] for x in layers] == ["InputLayer", "Conv1D", "Dropout", "Flatten", "Dense"]
+    assert layers[0]["config"]["batch_shape"] == [None, 10, 5] and layers[0]["config"]["name"] == "c_input"
+    assert layers[1]["config"]["filters"] == 4 and layers[1]["config"]["padding"] == "same"
+    assert layers[2]["config"]["rate"] == 0.5 and layers[4]["config"]["units"] == 2
+    assert cfg["config"][0]["class_name"] == "Convolution1D"  # not modified
+
+    model = tkio.model_from_json(json.dumps(cfg))
+    tkio.save_model(model, tmp_path / "m.keras")
+    back = tkio.load_model(tmp_path / "m.keras", compile=False)
+    x = torch.randn(3, 10, 5)
+    model.module.eval(), back.module.eval()
+    assert torch.equal(model.module(x), back.module(x))

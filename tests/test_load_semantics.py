@@ -198,17 +198,10 @@ def test_failed_save_keeps_old_file_and_leaves_no_temp(tmp_path):
     tkio.save_weights(good, path)
     before = path.read_bytes()
 
-    from torchkeras_io._checkpoint.records import Checkpoint, LayerWeights
-    from torchkeras_io._checkpoint.writer import write_checkpoint
-    from torchkeras_io._formats.detect import Format
-    from torchkeras_io._tensors import Lazy
-
-    def boom():
-        raise OSError("disk full (simulated)")
-
-    failing = LayerWeights("dense", [Lazy("kernel", (2, 2), torch.float32, boom)])
-    with pytest.raises(OSError, match="disk full"):
-        write_checkpoint(path, Checkpoint(Format.LEGACY_WEIGHTS, [failing]))
+    # the second layer's tensors have no data (meta device): the write fails after the first layer
+    failing = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2).to("meta"))
+    with pytest.raises((NotImplementedError, RuntimeError, tkio.TorchKerasIOError)):
+        tkio.save_weights(failing, path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["w.h5"]
 

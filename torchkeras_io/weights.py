@@ -68,6 +68,7 @@ def load_weights(
     layer_names: LayerNames = None,
     allow_nonfinite: bool = True,
     progress: Optional[bool] = None,
+    assign: bool = False,
 ) -> LoadReport:
     """Load a Keras weights file (or a model file's weights) into ``module``.
 
@@ -86,6 +87,15 @@ def load_weights(
     they are; ``allow_nonfinite=False`` refuses them with a :class:`FileFormatError` naming the
     layer and weight. A failure while reading data (a corrupt or truncated file) restores every
     tensor already written: the module is left as it was. ``progress``: as for :func:`save_weights`.
+
+    ``assign=True`` replaces the module's tensors with new ones made from the file, as
+    ``load_state_dict(assign=True)`` does, instead of copying into them: a module built on the
+    ``meta`` device (``with torch.device("meta"): module = Net()``) is materialised straight from
+    the file, on ``device`` (default: CPU), with one copy of the model in memory in all.
+    Parameters stay parameters (``requires_grad`` kept), buffers buffers, tied tensors tied; the
+    swap happens once every read has succeeded, so a failed load still leaves the module as it
+    was. A meta tensor the file gives no value to is an error before anything is read; loading
+    into a module with meta tensors needs ``assign=True``.
     """
     return model_io.load_weights(
         module,
@@ -97,4 +107,5 @@ def load_weights(
         layer_names=layer_names,
         allow_nonfinite=allow_nonfinite,
         progress=progress,
+        assign=assign,
     )

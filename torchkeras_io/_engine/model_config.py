@@ -143,9 +143,9 @@ def keras3_config(config: dict, origins: dict, filepath) -> tuple:
     if hard:  # the proof compares shapes only: it would pass a model Keras 3 computes differently
         name, key = hard[0]
         raise UnsupportedLayerError(
-            f"layer '{name}' has {key}='hard_sigmoid', tf-keras's clip(0.2x + 0.5, 0, 1), which Keras 3's "
-            "hard_sigmoid (relu6(x + 3) / 6) is not, and Keras 3 has no name for it"
-            + (f" (and {len(hard) - 1} more such arguments)" if len(hard) > 1 else "")
+            f"its {key} 'hard_sigmoid' is tf-keras's clip(0.2x + 0.5, 0, 1), not Keras 3's hard_sigmoid "
+            "(relu6(x + 3) / 6), and Keras 3 has no name for it"
+            + (f" (nor for {len(hard) - 1} more such activations)" if len(hard) > 1 else "")
             + "; save the model under an '.h5' name for tf-keras instead; nothing was written",
             layer=name,
             filepath=filepath,

@@ -27,6 +27,7 @@ import os
 import warnings
 from typing import Optional, Union
 
+import torch
 from torch import nn
 
 from torchkeras_io._checkpoint.progress import check_compression
@@ -50,7 +51,9 @@ from torchkeras_io._engine.optim import Restored, restore_training, training_rec
 from torchkeras_io._engine.plan import LayerNames, plan
 from torchkeras_io._engine.rebuild import build_module, module_from_record, prove_rebuilds
 from torchkeras_io._engine.transfer import (
+    Assign,
     LoadReport,
+    MetaTensorsLeft,
     check_keras_pairing,
     check_module,
     load_layers,
@@ -115,12 +118,15 @@ def load_model(
                 filepath=filepath,
             )
         else:
-            module = _build_from_file(ck, custom_objects, safe_mode)
+            module, report = _built_on_meta(ck, custom_objects, safe_mode, device, allow_nonfinite, progress)
+            if module is None:
+                module = _build_from_file(ck, custom_objects, safe_mode)
             # the legacy format keeps a nested model as one layer, Keras 3's store each of its layers
             names = module.keras_layer_names(flatten=ck.store is None)
-            report = _load_into(
-                module, ck, names, by_name=True, device=device, allow_nonfinite=allow_nonfinite, progress=progress
-            )
+            if report is None:
+                report = _load_into(
+                    module, ck, names, by_name=True, device=device, allow_nonfinite=allow_nonfinite, progress=progress
+                )
             if report.missing or report.unexpected:
                 raise WeightMismatchError(
                     f"the file's weights do not match its own model config: layers without weights in the file "
@@ -130,6 +136,29 @@ def load_model(
         training = _restore(module, ck, names) if compile else None
     module.eval()
     return LoadedModel(module, training)
+
+
+def _built_on_meta(ck: CheckpointReader, custom_objects, safe_mode: bool, device, allow_nonfinite: bool, progress):
+    """``load_model(device=...)``: the model built on the meta device and its tensors made
+    straight from the file on ``device`` (one copy of the model in memory, no initialisation),
+    as ``(module, report)``; ``(None, None)`` when the model does not build on meta or keeps
+    tensors the file does not give (constants made at construction): then it is built as usual."""
+    if device is None:
+        return None, None
+    try:
+        with torch.device("meta"):
+            module = _build_from_file(ck, custom_objects, safe_mode)
+    except Exception:  # noqa: BLE001 - a model that needs real tensors to build: the usual way
+        return None, None
+    names = module.keras_layer_names(flatten=ck.store is None)
+    try:
+        report = _load_into(
+            module, ck, names, by_name=True, device=device, allow_nonfinite=allow_nonfinite, progress=progress,
+            assign=True,
+        )  # fmt: skip
+    except MetaTensorsLeft:
+        return None, None
+    return module, report
 
 
 def _open(filepath: str) -> CheckpointReader:
@@ -166,6 +195,7 @@ def load_weights(
     layer_names: LayerNames = None,
     allow_nonfinite: bool = True,
     progress: Optional[bool] = None,
+    assign: bool = False,
 ) -> LoadReport:
     """Read a Keras weights file (or a model file's weights) into ``module``: :func:`torchkeras_io.load_weights`."""
     check_module(module)
@@ -181,6 +211,7 @@ def load_weights(
             device=device,
             allow_nonfinite=allow_nonfinite,
             progress=progress,
+            assign=assign,
         )
 
 
@@ -195,8 +226,14 @@ def _load_into(
     device=None,
     allow_nonfinite: bool = True,
     progress=None,
+    assign: bool = False,
 ) -> LoadReport:
-    if device is not None:
+    if not assign and any(t.device.type == "meta" for t in (*module.parameters(), *module.buffers())):
+        raise TorchKerasIOError(
+            "the module has tensors on the meta device: load with assign=True to materialise them",
+            filepath=ck.filepath,
+        )
+    if device is not None and not assign:
         module.to(device)
     slots, top = plan(module, layer_names)
     if ck.store is not None:  # Keras 3 pairs a store's layers by their paths
@@ -216,7 +253,10 @@ def _load_into(
         reshape=reshape,
         allow_nonfinite=allow_nonfinite,
         progress=progress,
+        assign=Assign(module, device) if assign else None,
     )
+    if assign and device is not None:
+        module.to(device)  # what the file did not give (already real) follows the loaded tensors
     # let go of the file's objects before it closes: closing a file that still has thousands of
     # open datasets costs more than the load
     del file_layers

@@ -300,9 +300,11 @@ def load_layers(
     reshape: bool,
     allow_nonfinite: bool,
     progress: Optional[bool],
+    assign: Optional[Assign] = None,
 ) -> LoadReport:
     """Pair ``file_layers`` (and the ``reader``'s top-level weights) with the planned module, fit
-    every weight, then read them all into the module, or leave it as it was."""
+    every weight, then read them all into the module, or leave it as it was. ``assign``: read
+    into new tensors instead, swapped into the module once every read succeeded."""
     filepath = info.filepath
     report = LoadReport(filepath)
     pairs = pair(slots, file_layers, by_name, report, filepath)
@@ -349,16 +351,75 @@ def load_layers(
                     filepath=filepath,
                     layer=slot.name,
                 )
+            if assign is not None:
+                tensor = assign.target(slot.module, name, tensor)
             assignments.append((tensor, lazy, slot.name))
         report.loaded.append(slot.name)
 
-    bar = progress_bar(progress, sum(x.numel() * x.dtype.itemsize for _, x, _ in assignments), "load_weights")
+    total = sum(x.numel() * x.dtype.itemsize for _, x, _ in assignments)
+    if assign is not None:
+        assign.check(filepath)
+    # materialising: the buffers count against the load's whole footprint, so they stay small
+    transfer = Transfer() if assign is None else Transfer.within(total)
+    bar = progress_bar(progress, total, "load_weights")
     try:
-        with torch.no_grad(), Transfer() as transfer:
+        with torch.no_grad(), transfer:
             apply(assignments, transfer, allow_nonfinite, filepath, bar.update)
     finally:
         bar.close()
+    if assign is not None:
+        assign.swap()
     return report
+
+
+class MetaTensorsLeft(TorchKerasIOError):
+    """``assign=True`` would leave tensors on the meta device: raised before anything is read."""
+
+
+class Assign:
+    """``load_weights(assign=True)``: the module's tensors replaced by new ones read from the
+    file, as ``load_state_dict(assign=True)`` does; nothing in the module changes before every
+    read succeeded. New tensors go to ``device``, else where the old one lives (CPU for a tensor
+    on the ``meta`` device). Tied tensors stay tied."""
+
+    def __init__(self, module: nn.Module, device=None) -> None:
+        self.module = module
+        self.device = None if device is None else torch.device(device)
+        self.new: dict = {}  # id(old tensor) -> (old, new)
+        self.slots: list = []  # (owner module, attribute, old tensor)
+
+    def target(self, module: nn.Module, name: str, old: torch.Tensor) -> torch.Tensor:
+        """The new tensor the file's value for ``module``'s tensor ``name`` goes into."""
+        owner_path, _, attr = name.rpartition(".")
+        self.slots.append((module.get_submodule(owner_path) if owner_path else module, attr, old))
+        if id(old) not in self.new:
+            device = self.device or (old.device if old.device.type != "meta" else torch.device("cpu"))
+            self.new[id(old)] = (old, torch.empty(old.shape, dtype=old.dtype, device=device))
+        return self.new[id(old)][1]
+
+    def check(self, filepath: str) -> None:
+        """Refuse, before any read, a module that would keep tensors on the meta device."""
+        tensors = [
+            *self.module.named_parameters(remove_duplicate=False),
+            *self.module.named_buffers(remove_duplicate=False),
+        ]
+        left = [n for n, t in tensors if t is not None and t.device.type == "meta" and id(t) not in self.new]
+        if left:
+            raise MetaTensorsLeft(
+                f"assign=True: the file gives no value to {len(left)} tensor(s) on the meta device "
+                f"({', '.join(left[:5])}{', ...' if len(left) > 5 else ''})",
+                filepath=filepath,
+            )
+
+    def swap(self) -> None:
+        params: dict = {}
+        for owner, attr, old in self.slots:
+            new = self.new[id(old)][1]
+            if isinstance(old, nn.Parameter):
+                if id(old) not in params:
+                    params[id(old)] = nn.Parameter(new, requires_grad=old.requires_grad)
+                new = params[id(old)]
+            setattr(owner, attr, new)
 
 
 def apply(assignments: list, transfer: Transfer, allow_nonfinite: bool, filepath: str, advance=None) -> None:
@@ -398,5 +459,4 @@ def apply(assignments: list, transfer: Transfer, allow_nonfinite: bool, filepath
 
 
 def _prechecked(lazy) -> bool:
-    view = lazy.strided()
-    return view is not None and getattr(view.root, "prechecked", False)
+    return lazy.prechecked()

@@ -192,14 +192,16 @@ class Transfer:
         load moves), for loads whose whole footprint counts, e.g. materialising a model from
         the file (at 2 MiB blocks, buffers and the whole-tensor reads of tensors just above a
         block were 11 MiB beyond a 100 MiB model; at 256 KiB, 3.3 MiB)."""
-        return cls(max_bytes=min(BLOCK_BYTES, max(1 << 16, total_bytes // 256)))
+        return cls(max_bytes=min(BLOCK_BYTES, max(1 << 16, total_bytes // 512 // 4096 * 4096)), lanes=1)
 
     @property
     def lane_bytes(self) -> int:
         """Bytes of a block on one of several CPU lanes: the lanes together hold 1.5x the
         buffer bytes of one lane of ``max_bytes`` (peak extra memory within 0.05x of a 256 MiB
         kernel), and 1.5 MiB blocks on two lanes measured as fast as 2 MiB ones."""
-        return self.max_bytes if self.lanes == 1 else self.max_bytes * 3 // (2 * self.lanes)
+        if self.lanes == 1:
+            return self.max_bytes
+        return max(64, self.max_bytes * 3 // (2 * self.lanes) // 64 * 64)  # whole elements of any dtype
 
     def lane(self, i: int) -> tuple:
         """(block, scratch) byte buffers of lane ``i``, at least :attr:`lane_bytes` each; lane 0
