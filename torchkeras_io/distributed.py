@@ -25,9 +25,9 @@ import torch.distributed as dist
 from torch import nn
 
 from torchkeras_io import errors
-from torchkeras_io._engine.model_io import unwrap as unwrap_model
 from torchkeras_io.errors import TorchKerasIOError
 from torchkeras_io.saving import save_model
+from torchkeras_io.training import Model
 from torchkeras_io.weights import LoadReport, Mismatch, load_weights, save_weights
 
 PathLike = Union[str, os.PathLike]
@@ -45,8 +45,7 @@ def unwrap(module: nn.Module) -> nn.Module:
     the module tree as it is; FSDP1 wrappers are refused (use ``fully_shard``).
     """
     while True:
-        module = unwrap_model(module)
-        if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        if isinstance(module, (Model, nn.parallel.DistributedDataParallel, nn.DataParallel)):
             module = module.module
         elif type(module).__name__ == "FullyShardedDataParallel":
             raise TorchKerasIOError(

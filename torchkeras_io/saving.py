@@ -8,11 +8,17 @@ from typing import Optional, Sequence, Union
 from torch import nn
 
 from torchkeras_io._engine import model_io
+from torchkeras_io.training import Model
 
 __all__ = ["save_model", "to_json", "to_yaml"]
 
 InputShape = Union[tuple, list, None]
 BatchAxis = Union[int, Sequence[int]]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a :class:`torchkeras_io.Model`, or ``model`` itself."""
+    return model.module if isinstance(model, Model) else model
 
 
 def to_json(module: nn.Module, *, input_shape: InputShape = None, channels_last: bool = False,
@@ -26,13 +32,17 @@ def to_json(module: nn.Module, *, input_shape: InputShape = None, channels_last:
     ...)`` models; one per input or one for all). Keras tensors always have the batch first, so
     the Keras model takes and returns batch-first tensors, the other axes in torch's order.
     """
-    return model_io.to_json(module, input_shape=input_shape, channels_last=channels_last, batch_axis=batch_axis)
+    return model_io.to_json(
+        _unwrap(module), input_shape=input_shape, channels_last=channels_last, batch_axis=batch_axis
+    )
 
 
 def to_yaml(module: nn.Module, *, input_shape: InputShape = None, channels_last: bool = False,
             batch_axis: BatchAxis = 0) -> str:  # fmt: skip
     """As :func:`to_json`, in YAML (needs PyYAML)."""
-    return model_io.to_yaml(module, input_shape=input_shape, channels_last=channels_last, batch_axis=batch_axis)
+    return model_io.to_yaml(
+        _unwrap(module), input_shape=input_shape, channels_last=channels_last, batch_axis=batch_axis
+    )
 
 
 def save_model(model: nn.Module, filepath: Union[str, os.PathLike], *, optimizer=None, loss=None, metrics=None,
@@ -58,7 +68,11 @@ def save_model(model: nn.Module, filepath: Union[str, os.PathLike], *, optimizer
     with '_' for '/' (``conv1_conv``; numbered ``_1``, … where that name is taken), in its config
     and its weights store alike.
     """
-    model_io.save_model(model, filepath, optimizer=optimizer, loss=loss, metrics=metrics, overwrite=overwrite,
+    if isinstance(model, Model):  # its training setup is the default for what the call leaves out
+        optimizer = model.optimizer if optimizer is None else optimizer
+        loss = model.loss if loss is None else loss
+        metrics = model.metrics if metrics is None else metrics
+    model_io.save_model(_unwrap(model), filepath, optimizer=optimizer, loss=loss, metrics=metrics, overwrite=overwrite,
                         include_optimizer=include_optimizer, input_shape=input_shape, channels_last=channels_last,
                         scheduler=scheduler, batch_axis=batch_axis, format=format, compression=compression,
                         compression_opts=compression_opts, progress=progress)  # fmt: skip

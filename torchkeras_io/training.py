@@ -387,10 +387,12 @@ class Model(nn.Module):
 
     def save(self, filepath, overwrite: bool = True, include_optimizer: bool = True) -> None:
         """:func:`torchkeras_io.save_model` of this model with its optimizer, loss and metrics."""
-        kwargs = {"scheduler": self.scheduler} if getattr(self, "scheduler", None) is not None else {}
+        kwargs = {"optimizer": self.optimizer, "loss": self.loss, "metrics": self.metrics}
+        if getattr(self, "scheduler", None) is not None:
+            kwargs["scheduler"] = self.scheduler
         if getattr(self, "_input_shape", None) is not None:
             kwargs["input_shape"] = self._input_shape
-        model_io.save_model(self, filepath, overwrite=overwrite, include_optimizer=include_optimizer, **kwargs)
+        model_io.save_model(self.module, filepath, overwrite=overwrite, include_optimizer=include_optimizer, **kwargs)
 
     def to_json(self, **kwargs) -> str:
         """The Keras model config of the network, as :func:`torchkeras_io.to_json`."""

@@ -301,24 +301,8 @@ def _restore(module: nn.Module, ck: CheckpointReader, layer_names) -> Optional[R
 
 
 # ======================================================================================== save
-def unwrap(model: nn.Module) -> nn.Module:
-    """The network inside a :class:`torchkeras_io.Model`, or ``model`` itself.
-
-    A Model is told by what it is made of (its network as the submodule ``module``, its training
-    setup as plain attributes), not by its class: the engine sits below the public modules."""
-    return model.module if _is_model(model) else model
-
-
-def _is_model(model) -> bool:
-    # the instance's own state only: a wrapper's __getattr__ (FSDP's) may answer any name
-    state = getattr(model, "__dict__", {})
-    return isinstance(state.get("_modules", {}).get("module"), nn.Module) and all(
-        key in state for key in ("optimizer", "loss", "metrics", "resolved_metrics")
-    )
-
-
 def save_model(
-    model: nn.Module,
+    module: nn.Module,
     filepath: Union[str, os.PathLike],
     *,
     optimizer=None,
@@ -335,13 +319,8 @@ def save_model(
     compression_opts: Optional[int] = None,
     progress: Optional[bool] = None,
 ) -> None:
-    """Write ``model`` as a Keras model file: :func:`torchkeras_io.save_model`."""
+    """Write ``module`` as a Keras model file: :func:`torchkeras_io.save_model` (which unwraps a ``Model``)."""
     gzip_level = check_compression(compression, compression_opts)
-    if _is_model(model):
-        optimizer = model.optimizer if optimizer is None else optimizer
-        loss = model.loss if loss is None else loss
-        metrics = model.metrics if metrics is None else metrics
-    module = unwrap(model)
     keras3 = chosen_format(filepath, format, ".keras") == "keras"
     if keras3 and compression is not None:
         raise TorchKerasIOError("compression applies to the legacy HDF5 format (an '.h5' name or format='h5')")
@@ -512,7 +491,6 @@ def to_json(
     module: nn.Module, *, input_shape: InputShape = None, channels_last: bool = False, batch_axis: BatchAxis = 0
 ) -> str:
     """The Keras model config (JSON) of ``module``, proved to rebuild: :func:`torchkeras_io.to_json`."""
-    module = unwrap(module)
     config, sources, origins = keras_config(module, input_shape, channels_last, batch_axis)
     prove_rebuilds(
         config,
